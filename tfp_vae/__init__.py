@@ -1,0 +1,9 @@
+"""tfp_vae: variational autoencoders whose encoders output TensorFlow Probability distributions."""
+
+from tfp_vae import _backend  # noqa: F401  (selects the TensorFlow Keras backend first)
+from tfp_vae import likelihoods, networks, posteriors, priors
+from tfp_vae.vae import VAE, KLWarmup
+
+__version__ = "0.1.0"
+
+__all__ = ["VAE", "KLWarmup", "likelihoods", "networks", "posteriors", "priors"]

@@ -1,0 +1,452 @@
+r"""Variational autoencoder whose encoder outputs a TFP distribution.
+
+The model is three objects:
+
+    q(z|x)   = posterior(x)     encoder network -> parameters -> tfd.MultivariateNormal*
+    p(x|z)   = decode(z)        decoder network -> tfd.Independent(Bernoulli | Normal)
+    p(z)     = prior()          N(0, I), a learnable mixture, or a VampPrior
+
+and the evidence lower bound (ELBO) on log p(x):
+
+    ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))   =   -(distortion + rate).
+
+The expectation is estimated with reparameterized samples z = mu + L eps
+(``tfd`` samplers are reparameterized), so gradients flow to the encoder. The KL term
+is computed in closed form by ``tfd.kl_divergence`` whenever a closed form is
+registered for the (posterior, prior) pair -- Gaussian against Gaussian, diagonal or
+full covariance -- and otherwise estimated from the same samples as
+E_q[log q(z|x) - log p(z)] (mixture and Vamp priors). ``kl_method`` says which.
+
+Training objectives:
+
+* ``"elbo"``: minimize distortion + beta * w * rate, where beta weights the KL
+  (beta-VAE) and w ramps linearly from 0 to 1 over ``kl_warmup_epochs``.
+* ``"iwae"``: maximize the importance-weighted bound with k samples,
+  log (1/k) sum_l p(x, z_l) / q(z_l|x), which tightens towards log p(x) as k grows.
+
+``log_likelihood(x, num_samples)`` evaluates that same importance-sampled estimate with
+many samples, in chunks so memory stays bounded whatever ``num_samples`` is.
+
+Randomness: training draws seeds from a ``keras.random.SeedGenerator``; everything
+else takes an explicit seed. ``generate(seeds)`` takes one TFP stateless seed per row
+([B, 2] int32), so row i's sample depends only on its own seed row.
+"""
+
+import math
+
+from tfp_vae import likelihoods as likelihoods_lib
+from tfp_vae import posteriors as posteriors_lib
+from tfp_vae import priors as priors_lib
+from tfp_vae._backend import keras, tf, tfd
+
+OBJECTIVES = ("elbo", "iwae")
+KL_METHODS = ("auto", "analytic", "sampled")
+
+
+def sample_rows(distribution, seeds, dtype=tf.float32):
+    """One draw from ``distribution`` per row of ``seeds`` ([B, 2] int32) -> [B, *event].
+
+    Each row is sampled with its own TFP stateless seed, so a row's draw never depends
+    on the other rows of the batch. TFP's stateless samplers have no vectorized
+    (pfor) form, hence the map over rows.
+    """
+    return tf.map_fn(
+        lambda seed: distribution.sample(seed=seed),
+        tf.convert_to_tensor(seeds, tf.int32),
+        fn_output_signature=dtype,
+    )
+
+
+def seed_rows(seed, start, count):
+    """Seed rows (seed, start), (seed, start + 1), ... as int32 [count, 2]."""
+    index = tf.range(start, start + count, dtype=tf.int32)
+    return tf.stack([tf.fill([count], tf.cast(seed, tf.int32)), index], axis=1)
+
+
+def _flatten_leading(t, keep):
+    """Merges all but the last ``keep`` dimensions of t into one."""
+    rank = t.shape.rank  # static: every caller passes tensors of known rank
+    shape = tf.shape(t)
+    return tf.reshape(t, tf.concat([[-1], shape[rank - keep :]], 0)), shape[: rank - keep]
+
+
+@keras.saving.register_keras_serializable(package="tfp_vae")
+class VAE(keras.Model):
+    """A VAE trained with ``model.fit``; see the module docstring for the mathematics.
+
+    Args:
+      encoder: Keras model mapping x [B, *S] to features [B, F]. The VAE adds the
+        dense head that emits the posterior's parameters.
+      decoder: Keras model mapping z [B, D] to one number per data element [B, *S].
+      latent_dim: D.
+      posterior: "diag" (MultivariateNormalDiag) or "tril" (MultivariateNormalTriL).
+      prior: None (standard normal), "normal", "mog", "vamp", or a ``priors.Prior``.
+      likelihood: "bernoulli", "gaussian", or a ``likelihoods.Likelihood``.
+      beta: weight of the KL term in the "elbo" objective.
+      kl_warmup_epochs: ramp the KL weight linearly from 0 to beta over this many epochs.
+      objective: "elbo" or "iwae".
+      num_train_samples: posterior samples per example during training (k for IWAE).
+      kl: "auto" (closed form when registered), "analytic" (require it), "sampled".
+      seed: seed of the training randomness.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        latent_dim,
+        posterior="diag",
+        prior=None,
+        likelihood="bernoulli",
+        beta=1.0,
+        kl_warmup_epochs=0,
+        objective="elbo",
+        num_train_samples=1,
+        kl="auto",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim <= 0:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}.")
+        beta = float(beta)
+        if not (beta >= 0 and math.isfinite(beta)):
+            raise ValueError(f"beta must be a non-negative finite number, got {beta!r}.")
+        if not isinstance(kl_warmup_epochs, int) or kl_warmup_epochs < 0:
+            raise ValueError(
+                f"kl_warmup_epochs must be a non-negative integer, got {kl_warmup_epochs!r}."
+            )
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
+        if not isinstance(num_train_samples, int) or num_train_samples < 1:
+            raise ValueError(
+                f"num_train_samples must be a positive integer, got {num_train_samples!r}."
+            )
+        if kl not in KL_METHODS:
+            raise ValueError(f"kl must be one of {list(KL_METHODS)}, got {kl!r}.")
+
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.posterior_family = posteriors_lib.get(posterior)
+        self.prior_layer = priors_lib.get(prior)
+        if self.prior_layer.latent_dim is None:
+            self.prior_layer.latent_dim = latent_dim
+        elif self.prior_layer.latent_dim != latent_dim:
+            raise ValueError(
+                f"The prior has latent_dim={self.prior_layer.latent_dim} but the model has "
+                f"latent_dim={latent_dim}."
+            )
+        self.likelihood_layer = likelihoods_lib.get(likelihood)
+        self.beta = beta
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.objective = objective
+        self.num_train_samples = num_train_samples
+        self.kl = kl
+        self.seed = seed
+        self.posterior_head = keras.layers.Dense(
+            self.posterior_family.params_size(latent_dim), name="posterior_params"
+        )
+        self.kl_weight = keras.Variable(
+            0.0 if kl_warmup_epochs else 1.0, trainable=False, name="kl_weight"
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "elbo", "kl", "reconstruction")
+        }
+        self._kl_method = None
+        input_shape = _known_input_shape(encoder)
+        if input_shape is not None:
+            self.build(input_shape)
+
+    # ------------------------------------------------------------------ building
+
+    @property
+    def data_shape(self):
+        return self._data_shape
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        input_shape = (None, *tuple(input_shape)[1:])
+        self._data_shape = tuple(int(s) for s in input_shape[1:])
+        self.encoder.build(input_shape)
+        features = self.encoder.compute_output_shape(input_shape)
+        if len(features) != 2:
+            raise ValueError(
+                f"The encoder must output features of shape [batch, F]; it gives {features}."
+            )
+        self.posterior_head.build(features)
+        self.decoder.build((None, self.latent_dim))
+        out = tuple(self.decoder.compute_output_shape((None, self.latent_dim)))[1:]
+        if out != self._data_shape:
+            raise ValueError(
+                f"The decoder maps z to shape {out}, but the data has shape {self._data_shape}."
+            )
+        for layer in (self.prior_layer, self.likelihood_layer):
+            if not layer.built:  # layers restored from a .keras file arrive built
+                layer.build(input_shape)
+        self._kl_method = self._resolve_kl_method()
+        self.built = True
+
+    def _resolve_kl_method(self):
+        if self.kl == "sampled":
+            return "sampled"
+        params = tf.zeros([1, self.posterior_family.params_size(self.latent_dim)])
+        q = self.posterior_family.new(params, self.latent_dim)
+        try:
+            tfd.kl_divergence(q, self.prior())
+            return "analytic"
+        except NotImplementedError:
+            if self.kl == "analytic":
+                raise ValueError(
+                    f"kl='analytic' but tfd.kl_divergence has no closed form for "
+                    f"{type(q).__name__} against the {type(self.prior_layer).__name__} prior; "
+                    "use kl='auto' or kl='sampled'."
+                ) from None
+            return "sampled"
+
+    @property
+    def kl_method(self):
+        """"analytic" or "sampled": how the KL term of the ELBO is computed."""
+        return self._kl_method
+
+    def get_config(self):
+        ser = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            "encoder": ser(self.encoder),
+            "decoder": ser(self.decoder),
+            "latent_dim": self.latent_dim,
+            "posterior": self.posterior_family.name,
+            "prior": ser(self.prior_layer),
+            "likelihood": ser(self.likelihood_layer),
+            "beta": self.beta,
+            "kl_warmup_epochs": self.kl_warmup_epochs,
+            "objective": self.objective,
+            "num_train_samples": self.num_train_samples,
+            "kl": self.kl,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder", "prior", "likelihood"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    def get_build_config(self):
+        return {"input_shape": (None, *self._data_shape)} if self.built else {}
+
+    # ------------------------------------------------------------ distributions
+
+    def posterior_params(self, x, training=False):
+        """The encoder head's flat output, [B, posterior_family.params_size(D)]."""
+        return self.posterior_head(self.encoder(x, training=training))
+
+    def posterior(self, x, training=False):
+        """q(z|x): MultivariateNormalDiag or MultivariateNormalTriL, batch [B], event [D]."""
+        return self.posterior_family.new(self.posterior_params(x, training), self.latent_dim)
+
+    def prior(self):
+        """p(z), event shape [latent_dim]."""
+        return self.prior_layer.distribution(posterior_fn=self.posterior)
+
+    def decoder_outputs(self, z, training=False):
+        """Decoder applied to z of any leading shape [..., D] -> [..., *S]."""
+        flat, lead = _flatten_leading(z, 1)
+        out = self.decoder(flat, training=training)
+        shaped = tf.reshape(out, tf.concat([lead, tf.shape(out)[1:]], 0))
+        return tf.ensure_shape(shaped, z.shape[:-1].concatenate(self._data_shape))
+
+    def decode(self, z, training=False):
+        """p(x|z): Independent Bernoulli or Normal with batch z.shape[:-1], event S."""
+        return self.likelihood_layer.distribution(self.decoder_outputs(z, training))
+
+    # ------------------------------------------------------------- quantities
+
+    def _log_weights(self, x, num_samples, seed, training=False):
+        """Samples z ~ q and returns (q, z, log p(x|z), log p(z), log q(z|x)), each [k, B]."""
+        q = self.posterior(x, training=training)
+        z = q.sample(num_samples, seed=seed)
+        log_px_z = self.decode(z, training=training).log_prob(x)
+        return q, z, log_px_z, self.prior().log_prob(z), q.log_prob(z)
+
+    def _terms(self, x, seed, num_samples, training=False):
+        q, _, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed, training)
+        if self._kl_method == "analytic":
+            kl = tfd.kl_divergence(q, self.prior())
+        else:
+            kl = tf.reduce_mean(log_qz - log_pz, axis=0)
+        distortion = -tf.reduce_mean(log_px_z, axis=0)
+        terms = {"elbo": -(distortion + kl), "kl": kl, "reconstruction": distortion}
+        if self.objective == "iwae":
+            terms["loss"] = -_mean_exp_log(log_px_z + log_pz - log_qz)
+        else:
+            terms["loss"] = distortion + self.beta * self.kl_weight * kl
+        return terms
+
+    def elbo(self, x, seed=None, num_samples=1):
+        """Per-example ELBO in nats, Tensor [B] (KL in closed form where registered)."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        return self._terms(x, _as_seed(seed), num_samples)["elbo"]
+
+    def log_likelihood(self, x, num_samples=1000, seed=0, batch_size=100, max_rows=10000):
+        """Importance-sampled log p(x) per example, Tensor [B].
+
+        log p(x) ~= log (1/k) sum_l p(x|z_l) p(z_l) / q(z_l|x),  z_l ~ q(z|x).
+
+        With k = 1 this is a one-sample ELBO; it tightens as k grows. The k samples are
+        drawn in chunks of at most ``max_rows`` decoder evaluations and combined with a
+        running log-sum-exp, so memory does not grow with k.
+        """
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        x = tf.convert_to_tensor(x, tf.float32)
+        results = []
+        for b, start in enumerate(range(0, int(x.shape[0]), batch_size)):
+            xb = x[start : start + batch_size]
+            chunk = max(1, min(num_samples, max_rows // int(xb.shape[0])))
+            partial = []
+            for c, s in enumerate(range(0, num_samples, chunk)):
+                n = min(chunk, num_samples - s)
+                chunk_seed = tf.constant([int(seed), b * 1_000_003 + c], tf.int32)
+                partial.append(self._chunk_logsumexp(xb, tf.constant(n), chunk_seed))
+            total = tf.reduce_logsumexp(tf.stack(partial), axis=0)
+            results.append(total - math.log(num_samples))
+        return tf.concat(results, axis=0)
+
+    @tf.function(reduce_retracing=True)
+    def _chunk_logsumexp(self, x, num_samples, seed):
+        _, _, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed)
+        return tf.reduce_logsumexp(log_px_z + log_pz - log_qz, axis=0)
+
+    def log_likelihood_from_seeds(self, x, seeds, num_samples):
+        """(log_likelihood, elbo), each [B]; row i uses only its own seed row.
+
+        The serving form of ``log_likelihood``: k = ``num_samples`` posterior draws per
+        row from that row's stateless seed; ``elbo`` is the mean of the same log weights.
+        """
+        params = self.posterior_params(x)
+        q = self.posterior_family.new(params, self.latent_dim)
+        z = tf.map_fn(
+            lambda args: self.posterior_family.new(args[0], self.latent_dim).sample(
+                num_samples, seed=args[1]
+            ),
+            (params, tf.convert_to_tensor(seeds, tf.int32)),
+            fn_output_signature=tf.float32,
+        )  # [B, k, D]
+        z = tf.transpose(z, [1, 0, 2])  # [k, B, D]
+        log_w = self.decode(z).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        return _mean_exp_log(log_w), tf.reduce_mean(log_w, axis=0)
+
+    def encode(self, x):
+        """Posterior mean E_q[z], [B, D]."""
+        return self.posterior(tf.convert_to_tensor(x, tf.float32)).mean()
+
+    def reconstruct(self, x):
+        """Mean of p(x|z) at the posterior mean, [B, *S]."""
+        return self.likelihood_layer.mean(self.decoder_outputs(self.encode(x)))
+
+    def decode_mean(self, z):
+        """Mean of p(x|z), [B, *S]."""
+        return self.likelihood_layer.mean(self.decoder_outputs(tf.convert_to_tensor(z, tf.float32)))
+
+    def generate(self, seeds):
+        """{"x": mean of p(x|z), "z": z ~ p(z)} with one sample per seed row ([B, 2] int32)."""
+        z = sample_rows(self.prior(), seeds)
+        return {"x": self.decode_mean(z), "z": z}
+
+    def sample(self, num_samples, seed=0):
+        """Decoded means of ``num_samples`` prior draws; draw i uses seed row (seed, i)."""
+        return self.generate(seed_rows(seed, 0, num_samples))["x"]
+
+    def call(self, x, training=False):
+        return self.reconstruct(x)
+
+    # ----------------------------------------------------------------- Keras
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _record(self, terms):
+        for name, tracker in self._trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def train_step(self, data):
+        x = _features(data)
+        seed = tf.cast(self.seed_generator.next(), tf.int32)
+        with tf.GradientTape() as tape:
+            terms = self._terms(x, seed, self.num_train_samples, training=True)
+            loss = tf.reduce_mean(terms["loss"])
+            if self.losses:
+                loss += tf.add_n(self.losses)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._record(terms)
+
+    def test_step(self, data):
+        x = _features(data)
+        seed = tf.cast(self.seed_generator.next(), tf.int32)
+        return self._record(self._terms(x, seed, self.num_train_samples))
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        callbacks = list(callbacks or [])
+        if self.kl_warmup_epochs and not any(isinstance(c, KLWarmup) for c in callbacks):
+            callbacks.append(KLWarmup(self.kl_warmup_epochs))
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+
+class KLWarmup(keras.callbacks.Callback):
+    """Ramps ``model.kl_weight`` linearly from 0 to 1 over ``epochs`` epochs, per batch."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+        self.epochs = epochs
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = (self.params or {}).get("steps") or 0
+        progress = self._epoch + (batch / steps if steps else 0.0)
+        self.model.kl_weight.assign(min(1.0, progress / self.epochs))
+
+
+def _mean_exp_log(log_w):
+    """log (1/k) sum_l exp(log_w[l]) along axis 0."""
+    k = tf.cast(tf.shape(log_w)[0], log_w.dtype)
+    return tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k)
+
+
+def _features(data):
+    """x from what fit() passes: x, (x,), (x, y) or (x, y, sample_weight)."""
+    x = data[0] if isinstance(data, (tuple, list)) else data
+    return tf.cast(x, tf.float32)
+
+
+def _as_seed(seed):
+    if seed is None:
+        return tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], tf.int32)
+    return tf.convert_to_tensor(seed, tf.int32)
+
+
+def _known_input_shape(encoder):
+    try:
+        shape = encoder.input_shape
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(shape, list) or shape is None or any(s is None for s in shape[1:]):
+        return None
+    return tuple(shape)

@@ -38,6 +38,7 @@ from tfp_vae import likelihoods as likelihoods_lib
 from tfp_vae import posteriors as posteriors_lib
 from tfp_vae import priors as priors_lib
 from tfp_vae._backend import keras, tf, tfd
+from tfp_vae._training import TermsModel, known_input_shape
 
 OBJECTIVES = ("elbo", "iwae")
 KL_METHODS = ("auto", "analytic", "sampled")
@@ -71,7 +72,7 @@ def _flatten_leading(t, keep):
 
 
 @keras.saving.register_keras_serializable(package="tfp_vae")
-class VAE(keras.Model):
+class VAE(TermsModel):
     """A VAE trained with ``model.fit``; see the module docstring for the mathematics.
 
     Args:
@@ -89,6 +90,8 @@ class VAE(keras.Model):
       kl: "auto" (closed form when registered), "analytic" (require it), "sampled".
       seed: seed of the training randomness.
     """
+
+    TERMS = ("loss", "elbo", "kl", "reconstruction")
 
     def __init__(
         self,
@@ -150,13 +153,9 @@ class VAE(keras.Model):
         self.kl_weight = keras.Variable(
             0.0 if kl_warmup_epochs else 1.0, trainable=False, name="kl_weight"
         )
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self._trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss", "elbo", "kl", "reconstruction")
-        }
+        self._init_trackers(seed)
         self._kl_method = None
-        input_shape = _known_input_shape(encoder)
+        input_shape = known_input_shape(encoder)
         if input_shape is not None:
             self.build(input_shape)
 
@@ -274,7 +273,8 @@ class VAE(keras.Model):
         log_px_z = self.decode(z, training=training).log_prob(x)
         return q, z, log_px_z, self.prior().log_prob(z), q.log_prob(z)
 
-    def _terms(self, x, seed, num_samples, training=False):
+    def _terms(self, x, seed, training=False, num_samples=None):
+        num_samples = num_samples or self.num_train_samples
         q, _, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed, training)
         if self._kl_method == "analytic":
             kl = tfd.kl_divergence(q, self.prior())
@@ -291,7 +291,7 @@ class VAE(keras.Model):
     def elbo(self, x, seed=None, num_samples=1):
         """Per-example ELBO in nats, Tensor [B] (KL in closed form where registered)."""
         x = tf.convert_to_tensor(x, tf.float32)
-        return self._terms(x, _as_seed(seed), num_samples)["elbo"]
+        return self._terms(x, _as_seed(seed), num_samples=num_samples)["elbo"]
 
     def log_likelihood(self, x, num_samples=1000, seed=0, batch_size=100, max_rows=10000):
         """Importance-sampled log p(x) per example, Tensor [B].
@@ -370,32 +370,6 @@ class VAE(keras.Model):
 
     # ----------------------------------------------------------------- Keras
 
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    def _record(self, terms):
-        for name, tracker in self._trackers.items():
-            tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
-
-    def train_step(self, data):
-        x = _features(data)
-        seed = tf.cast(self.seed_generator.next(), tf.int32)
-        with tf.GradientTape() as tape:
-            terms = self._terms(x, seed, self.num_train_samples, training=True)
-            loss = tf.reduce_mean(terms["loss"])
-            if self.losses:
-                loss += tf.add_n(self.losses)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._record(terms)
-
-    def test_step(self, data):
-        x = _features(data)
-        seed = tf.cast(self.seed_generator.next(), tf.int32)
-        return self._record(self._terms(x, seed, self.num_train_samples))
-
     def fit(self, *args, callbacks=None, **kwargs):
         callbacks = list(callbacks or [])
         if self.kl_warmup_epochs and not any(isinstance(c, KLWarmup) for c in callbacks):
@@ -428,25 +402,9 @@ def _mean_exp_log(log_w):
     return tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k)
 
 
-def _features(data):
-    """x from what fit() passes: x, (x,), (x, y) or (x, y, sample_weight)."""
-    x = data[0] if isinstance(data, (tuple, list)) else data
-    return tf.cast(x, tf.float32)
-
-
 def _as_seed(seed):
     if seed is None:
         return tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
     if isinstance(seed, int):
         return tf.constant([seed, 0], tf.int32)
     return tf.convert_to_tensor(seed, tf.int32)
-
-
-def _known_input_shape(encoder):
-    try:
-        shape = encoder.input_shape
-    except (AttributeError, ValueError):
-        return None
-    if isinstance(shape, list) or shape is None or any(s is None for s in shape[1:]):
-        return None
-    return tuple(shape)

@@ -1,0 +1,66 @@
+"""The training loop shared by the models: a loss made of named terms, each a metric."""
+
+from tfp_vae._backend import keras, tf
+
+
+class TermsModel(keras.Model):
+    """A Keras model whose ``_terms(x, seed, training)`` returns named loss terms.
+
+    ``_terms`` returns a dict holding at least "loss"; each entry is a scalar or a
+    per-example vector. Training minimizes the mean of "loss" (plus any layer losses);
+    every name in ``TERMS`` is tracked as a metric, so ``fit``/``evaluate`` report them.
+    Training randomness comes from ``self.seed_generator`` as a TFP stateless seed.
+    """
+
+    TERMS = ("loss",)
+
+    def _init_trackers(self, seed):
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in self.TERMS}
+
+    def _terms(self, x, seed, training):
+        raise NotImplementedError
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _record(self, terms):
+        for name, tracker in self._trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def _next_seed(self):
+        return tf.cast(self.seed_generator.next(), tf.int32)
+
+    def train_step(self, data):
+        x = features(data)
+        seed = self._next_seed()
+        with tf.GradientTape() as tape:
+            terms = self._terms(x, seed, training=True)
+            loss = tf.reduce_mean(terms["loss"])
+            if self.losses:
+                loss += tf.add_n(self.losses)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._record(terms)
+
+    def test_step(self, data):
+        return self._record(self._terms(features(data), self._next_seed(), training=False))
+
+
+def features(data):
+    """x from what fit() passes: x, (x,), (x, y) or (x, y, sample_weight)."""
+    x = data[0] if isinstance(data, (tuple, list)) else data
+    return tf.cast(x, tf.float32)
+
+
+def known_input_shape(encoder):
+    """The encoder's input shape when fully known (so a model can build at once), else None."""
+    try:
+        shape = encoder.input_shape
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(shape, list) or shape is None or any(s is None for s in shape[1:]):
+        return None
+    return tuple(shape)

@@ -1,0 +1,227 @@
+"""Training runs: build a model from a TrainConfig, fit it, write a run directory.
+
+A run directory holds ``model.keras``, ``config.json``, ``history.csv``,
+``metrics.json``, TensorBoard logs under ``logs/`` and pictures under ``pictures/``.
+It is assembled in a hidden ``.NAME.incomplete-PID`` directory beside the target and
+renamed into place only when everything is written, so a run that fails or is
+interrupted never leaves a directory that looks complete.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from tfp_vae import autoencoders, data, likelihoods, networks, priors
+from tfp_vae._backend import keras, tf
+from tfp_vae.config import TrainConfig
+from tfp_vae.vae import VAE
+
+RUN_FILES = ("model.keras", "config.json", "metrics.json", "history.csv")
+
+
+def load_splits(config):
+    """((x_train, y_train), (x_val, y_val), (x_test, y_test)) as the config asks."""
+    (x_train, y_train), (x_test, y_test) = data.load(
+        config.dataset, binarize=config.binarize, data_dir=config.data_dir, seed=config.seed
+    )
+    if config.needs_padding(x_train.shape[1:]):
+        x_train, x_test = data.pad_to_multiple(x_train), data.pad_to_multiple(x_test)
+    n_val = int(round(len(x_train) * config.validation_fraction))
+    order = np.random.default_rng(config.seed).permutation(len(x_train))
+    val, train = order[:n_val], order[n_val:]
+    return (x_train[train], y_train[train]), (x_train[val], y_train[val]), (x_test, y_test)
+
+
+def build_model(config, data_shape):
+    """The (uncompiled) VAE or Autoencoder the config describes, for ``data_shape``."""
+    config.validate()
+    encoder, decoder = networks.build(config.network, config.latent_dim, tuple(data_shape), config.hidden)
+    if config.model == "ae":
+        return autoencoders.Autoencoder(
+            encoder, decoder, config.latent_dim, loss=config.ae_loss, sparsity=config.sparsity,
+            sparsity_weight=config.sparsity_weight, sparsity_target=config.sparsity_target,
+            noise=config.noise, noise_level=config.noise_level, seed=config.seed,
+        )
+    prior_kwargs = {}
+    if config.prior == "mog":
+        prior_kwargs = {"num_components": config.num_components, "seed": config.seed}
+    elif config.prior == "vamp":
+        prior_kwargs = {"num_pseudo_inputs": config.num_components, "seed": config.seed}
+    likelihood_kwargs = {}
+    if config.likelihood == "gaussian":
+        likelihood_kwargs = {"variance": config.gaussian_variance, "learn_scale": config.gaussian_scale}
+    return VAE(
+        encoder, decoder, config.latent_dim, posterior=config.posterior,
+        prior=priors.get(config.prior, **prior_kwargs),
+        likelihood=likelihoods.get(config.likelihood, **likelihood_kwargs),
+        beta=config.beta, kl_warmup_epochs=config.kl_warmup_epochs, objective=config.objective,
+        num_train_samples=config.num_train_samples, seed=config.seed,
+    )
+
+
+def _check_data(x, config, name):
+    if len(x) == 0:
+        raise ValueError(f"The {name} split of {config.dataset!r} is empty.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"The {name} split of {config.dataset!r} holds NaN or infinite values.")
+
+
+def evaluate_model(model, x, num_samples, seed=0, batch_size=100):
+    """Test metrics: importance-sampled log-likelihood and ELBO (VAE), or losses (AE)."""
+    if isinstance(model, autoencoders.Autoencoder):
+        logs = model.evaluate(x, batch_size=batch_size, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in logs.items()} | {"num_examples": int(len(x))}
+    ll = model.log_likelihood(x, num_samples=num_samples, seed=seed, batch_size=batch_size)
+    elbo = model.elbo(x, seed=seed)
+    return {
+        "log_likelihood": float(tf.reduce_mean(ll)),
+        "elbo": float(tf.reduce_mean(elbo)),
+        "num_samples": int(num_samples),
+        "num_examples": int(len(x)),
+        "kl_method": model.kl_method,
+    }
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir):
+    """Yields a hidden staging directory that becomes ``out_dir`` only on success."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir):
+        raise FileExistsError(
+            f"Run directory {out_dir} already exists; choose another --out or remove it first."
+        )
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{name}.incomplete-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        yield staging
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_json(path, obj):
+    """Writes JSON atomically (temp file + rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _write_history(path, history):
+    keys = list(history)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *keys])
+        for epoch in range(len(history[keys[0]]) if keys else 0):
+            writer.writerow([epoch, *(history[k][epoch] for k in keys)])
+
+
+class _Throughput(keras.callbacks.Callback):
+    """Records the wall time of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def run(config, out_dir, verbose="auto"):
+    """Trains as ``config`` says and writes the run directory ``out_dir``; returns metrics."""
+    config.validate()
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_splits(config)
+    for x, name in ((x_train, "train"), (x_test, "test")):
+        _check_data(x, config, name)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, x_train.shape[1:])
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+
+    with staged_directory(out_dir) as staging:
+        timer = _Throughput()
+        callbacks = [
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.TensorBoard(os.path.join(staging, "logs")),
+            timer,
+        ]
+        validation = (x_val,) if len(x_val) else None
+        if config.early_stopping_patience and validation is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                patience=config.early_stopping_patience, restore_best_weights=True))
+        if config.binarize == "dynamic":
+            train_data = data.binarized_batches(x_train, config.batch_size, seed=config.seed)
+            fit_kwargs = {}
+        else:
+            train_data, fit_kwargs = x_train, {"batch_size": config.batch_size, "shuffle": True}
+        history = model.fit(
+            train_data, epochs=config.epochs, validation_data=validation,
+            callbacks=callbacks, verbose=verbose, **fit_kwargs,
+        ).history
+        if any(not np.all(np.isfinite(v)) for v in history.values()):
+            raise FloatingPointError(
+                "Training diverged (a loss became NaN or infinite); lower --learning-rate or "
+                "check the data. No run directory was written."
+            )
+        model.save(os.path.join(staging, "model.keras"))
+        with open(os.path.join(staging, "config.json"), "w") as f:
+            f.write(config.to_json() + "\n")
+        _write_history(os.path.join(staging, "history.csv"), history)
+
+        x_eval = x_test[: config.eval_examples] if config.eval_examples else x_test
+        metrics = {
+            "train": {k: float(v[-1]) for k, v in history.items() if not k.startswith("val_")},
+            "validation": {k[4:]: float(v[-1]) for k, v in history.items() if k.startswith("val_")},
+            "test": evaluate_model(model, x_eval, config.eval_samples, seed=config.seed),
+            "epochs_run": len(timer.seconds),
+            "epoch_seconds": [round(s, 3) for s in timer.seconds],
+            "train_examples": int(len(x_train)),
+        }
+        if isinstance(model, VAE):
+            metrics["kl_method"] = model.kl_method
+        write_json(os.path.join(staging, "metrics.json"), metrics)
+        if config.pictures:
+            from tfp_vae import plots
+
+            plots.save_all(model, history, (x_test, y_test), os.path.join(staging, "pictures"),
+                           seed=config.seed)
+    return metrics
+
+
+def load_run(run_dir):
+    """(model, config) of a complete run directory."""
+    run_dir = os.path.abspath(run_dir)
+    missing = [f for f in ("model.keras", "config.json") if not os.path.exists(os.path.join(run_dir, f))]
+    if not os.path.isdir(run_dir) or missing:
+        raise FileNotFoundError(
+            f"{run_dir} is not a complete run directory (missing {missing or 'the directory'}); "
+            "expected the output of `tfp-vae train --out DIR`."
+        )
+    config = TrainConfig.from_json_file(os.path.join(run_dir, "config.json"))
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    return model, config
+
+
+def evaluate_run(run_dir, num_samples=1000, num_examples=None, seed=0):
+    """Test-split metrics of a run; also written to ``evaluation-k<K>.json`` in the run."""
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    model, config = load_run(run_dir)
+    _, _, (x_test, _) = load_splits(config)
+    if num_examples:
+        x_test = x_test[:num_examples]
+    metrics = evaluate_model(model, x_test, num_samples, seed=seed)
+    write_json(os.path.join(os.path.abspath(run_dir), f"evaluation-k{num_samples}.json"), metrics)
+    return metrics

@@ -30,14 +30,15 @@ MAX_LOG_SCALE = 5.0
 
 
 def bounded_scale(log_scale):
-    """exp of a log-scale squashed smoothly into [MIN_LOG_SCALE, MAX_LOG_SCALE].
+    """exp of a log-scale softly clipped into [MIN_LOG_SCALE, MAX_LOG_SCALE].
 
-    Identity-like in the middle of the range (gradient 1 at 0), so training dynamics
-    are those of exp(log_scale) wherever the scale is reasonable.
+    Two softplus hinges: within the range the clip is the identity up to
+    exp(-distance to the nearer bound), so training behaves like exp(log_scale)
+    wherever the scale is reasonable; outside it the scale flattens out instead of
+    underflowing to 0 or overflowing.
     """
-    half = 0.5 * (MAX_LOG_SCALE - MIN_LOG_SCALE)
-    mid = 0.5 * (MAX_LOG_SCALE + MIN_LOG_SCALE)
-    return tf.exp(mid + half * tf.tanh((log_scale - mid) / half))
+    lower = MIN_LOG_SCALE + tf.nn.softplus(log_scale - MIN_LOG_SCALE)
+    return tf.exp(MAX_LOG_SCALE - tf.nn.softplus(MAX_LOG_SCALE - lower))
 
 
 __all__ = ["keras", "tf", "tfp", "tfd", "tfb", "bounded_scale"]

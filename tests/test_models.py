@@ -1,0 +1,282 @@
+"""VAE and autoencoder behaviour: training, bounds, saving, callbacks, seeds."""
+
+import os
+
+import numpy as np
+import pytest
+
+import tfp_vae
+from tfp_vae._backend import keras, tf
+from tfp_vae.autoencoders import Autoencoder, kl_sparsity_penalty
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x_train, _), (x_test, y_test) = tfp_vae.data.load("digits")
+    return x_train[:512], x_test[:64], y_test[:64]
+
+
+def make_vae(latent=2, hidden=(32,), shape=(8, 8, 1), **kwargs):
+    enc, dec = tfp_vae.networks.build("mlp", latent, shape, hidden=hidden)
+    return tfp_vae.VAE(enc, dec, latent, seed=0, **kwargs)
+
+
+def fit_losses(model, x, epochs=4, batch_size=64, lr=3e-3):
+    keras.utils.set_random_seed(0)
+    model.compile(optimizer=keras.optimizers.Adam(lr))
+    return model.fit(x, epochs=epochs, batch_size=batch_size, verbose=0).history["loss"]
+
+
+FAMILIES = [
+    dict(posterior=p, prior=pr, likelihood=lik)
+    for p in ("diag", "tril")
+    for pr in ("normal", "mog", "vamp")
+    for lik in ("bernoulli", "gaussian")
+] + [
+    dict(objective="iwae", num_train_samples=5),
+    dict(kl_warmup_epochs=2),
+    dict(beta=4.0),
+    dict(likelihood=tfp_vae.likelihoods.Gaussian(learn_scale="pixel")),
+    dict(likelihood=tfp_vae.likelihoods.Gaussian(learn_scale="global")),
+]
+
+
+@pytest.mark.parametrize("kwargs", FAMILIES, ids=lambda k: "-".join(
+    f"{v}" if not isinstance(v, keras.layers.Layer) else f"gaussian-{v.learn_scale}"
+    for v in k.values()))
+def test_a_short_fit_lowers_the_loss_for_every_vae_family(digits, kwargs):
+    x, _, _ = digits
+    losses = fit_losses(make_vae(**kwargs), x)
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0] * 0.97, losses
+
+
+AE_VARIANTS = [
+    dict(),
+    dict(loss="mse"),
+    dict(sparsity="l1", sparsity_weight=1e-2),
+    dict(sparsity="kl", sparsity_weight=0.5, sparsity_target=0.1),
+    dict(noise="gaussian", noise_level=0.3),
+    dict(noise="mask", noise_level=0.3),
+]
+
+
+@pytest.mark.parametrize("kwargs", AE_VARIANTS, ids=lambda k: "-".join(map(str, k.values())) or "plain")
+def test_a_short_fit_lowers_the_loss_for_every_autoencoder(digits, kwargs):
+    x, _, _ = digits
+    enc, dec = tfp_vae.networks.build("mlp", 4, (8, 8, 1), hidden=(32,))
+    losses = fit_losses(Autoencoder(enc, dec, 4, seed=0, **kwargs), x)
+    assert losses[-1] < losses[0] * 0.97, losses
+
+
+def test_conv_autoencoder_and_vae_train_on_padded_images():
+    (x, _), _ = tfp_vae.data.load("digits", pad=True)  # 8x8 is already a multiple of 8
+    x = np.pad(x[:256], ((0, 0), (12, 12), (12, 12), (0, 0)))  # 32x32, the source's size
+    enc, dec = tfp_vae.networks.build("conv", 2, (32, 32, 1))
+    assert [l.filters for l in enc.layers if hasattr(l, "filters")] == [32, 64, 128]
+    assert [l.strides for l in enc.layers if hasattr(l, "strides")] == [(2, 2)] * 3
+    losses = fit_losses(tfp_vae.VAE(enc, dec, 2, seed=0), x, epochs=3)
+    assert losses[-1] < losses[0]
+
+
+def test_conv_network_refuses_a_shape_it_cannot_mirror():
+    with pytest.raises(ValueError, match=r"divisible by 8, got \(28, 28, 1\).*Pad 28x28"):
+        tfp_vae.networks.build("conv", 2, (28, 28, 1))
+
+
+def test_sparsity_penalties_match_hand_formulas():
+    codes = np.array([[0.1, 0.9, 0.5], [0.3, 0.7, 0.2]], np.float32)
+    rho = 0.05
+    rho_hat = codes.mean(0)
+    hand = np.sum(rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat)))
+    np.testing.assert_allclose(kl_sparsity_penalty(tf.constant(codes), rho).numpy(), hand, rtol=1e-5)
+    enc, dec = tfp_vae.networks.build("mlp", 3, (4,), hidden=(8,))
+    ae = Autoencoder(enc, dec, 3, sparsity="l1", sparsity_weight=0.5)
+    np.testing.assert_allclose(ae.penalty(tf.constant(codes)).numpy(),
+                               0.5 * np.abs(codes).sum(1).mean(), rtol=1e-6)
+
+
+def test_denoising_corruption_only_in_training():
+    enc, dec = tfp_vae.networks.build("mlp", 3, (100,), hidden=(8,))
+    ae = Autoencoder(enc, dec, 3, noise="mask", noise_level=0.5)
+    x = tf.ones([4, 100])
+    masked = ae.corrupt(x, tf.constant([1, 2])).numpy()
+    assert 0.3 < (masked == 0).mean() < 0.7
+    out = ae._terms(x, None, training=False)  # evaluation sees the clean input
+    np.testing.assert_allclose(out["reconstruction"].numpy(),
+                               ae.reconstruction_loss(x, ae.decoder(ae.encode(x))).numpy().mean(),
+                               rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_vae(digits):
+    x, _, _ = digits
+    model = make_vae(latent=2, hidden=(64,))
+    fit_losses(model, x, epochs=15)
+    return model
+
+
+def test_importance_sampled_log_likelihood_bounds_the_elbo_and_grows_with_k(trained_vae, digits):
+    _, x_test, _ = digits
+    elbo = trained_vae.elbo(x_test, seed=0, num_samples=1000).numpy()  # low-noise ELBO
+    ll = {k: trained_vae.log_likelihood(x_test, num_samples=k, seed=1).numpy() for k in (1, 10, 100, 1000)}
+    # k = 1 is a one-sample ELBO: equal to the ELBO in expectation.
+    assert abs(ll[1].mean() - elbo.mean()) < 0.1 * abs(elbo.mean())
+    assert ll[1000].mean() >= elbo.mean()
+    m1, m10, m100, m1000 = (ll[k].mean() for k in (1, 10, 100, 1000))
+    # The bound grows with k in expectation; between far-apart k the gain dwarfs the
+    # Monte-Carlo error, between 100 and 1000 it is of the same size.
+    assert m1 < m10 < m1000, (m1, m10, m1000)
+    assert m1000 > m100 - 0.05, (m100, m1000)
+    assert np.mean(ll[1000] >= elbo) > 0.9
+
+
+def test_log_likelihood_chunks_do_not_change_the_estimate(trained_vae, digits):
+    _, x_test, _ = digits
+    big = trained_vae.log_likelihood(x_test[:8], num_samples=2000, max_rows=100_000).numpy()
+    small = trained_vae.log_likelihood(x_test[:8], num_samples=2000, max_rows=50, seed=7).numpy()
+    # Different chunking draws different samples: equal up to Monte-Carlo error.
+    np.testing.assert_allclose(big, small, atol=0.3)
+
+
+def test_elbo_uses_the_closed_form_kl_when_registered(trained_vae, digits):
+    _, x_test, _ = digits
+    assert trained_vae.kl_method == "analytic"
+    q = trained_vae.posterior(x_test)
+    terms = trained_vae._terms(tf.constant(x_test), tf.constant([3, 4]), num_samples=1)
+    sigma2 = q.variance().numpy()
+    mu = q.mean().numpy()
+    hand = 0.5 * np.sum(sigma2 + mu**2 - np.log(sigma2) - 1, axis=-1)
+    np.testing.assert_allclose(terms["kl"].numpy(), hand, rtol=1e-4)
+
+
+def test_kl_option_forces_the_estimate():
+    assert make_vae(kl="sampled").kl_method == "sampled"
+    with pytest.raises(ValueError, match="kl='analytic' but tfd.kl_divergence has no closed form"):
+        make_vae(prior="mog", kl="analytic")
+
+
+def test_kl_warmup_ramps_the_weight_linearly(digits):
+    x, _, _ = digits
+    model = make_vae(kl_warmup_epochs=4)
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(float(model.kl_weight.numpy())))
+    model.compile(optimizer="adam")
+    model.fit(x, epochs=5, batch_size=128, verbose=0, callbacks=[record])
+    # Weight at the last batch of epoch e is (e + 3/4) / 4 (4 batches per epoch), capped at 1.
+    np.testing.assert_allclose(seen, [0.1875, 0.4375, 0.6875, 0.9375, 1.0], rtol=1e-6)
+
+
+def test_sampling_is_reproducible_and_rows_are_independent(trained_vae):
+    a = trained_vae.sample(5, seed=3).numpy()
+    np.testing.assert_array_equal(a, trained_vae.sample(5, seed=3).numpy())
+    assert not np.allclose(a, trained_vae.sample(5, seed=4).numpy())
+    seeds = np.array([[3, 0], [3, 1], [3, 2], [3, 3], [3, 4]], np.int32)
+    alone = trained_vae.generate(seeds[2:3])["x"].numpy()
+    np.testing.assert_allclose(alone[0], a[2], rtol=1e-5, atol=1e-6)
+
+
+def test_serving_log_likelihood_matches_the_estimator(trained_vae, digits):
+    _, x_test, _ = digits
+    seeds = np.stack([np.arange(8), np.arange(8)], 1).astype(np.int32)
+    ll, elbo = trained_vae.log_likelihood_from_seeds(tf.constant(x_test[:8]), seeds, 500)
+    ref = trained_vae.log_likelihood(x_test[:8], num_samples=500).numpy()
+    np.testing.assert_allclose(ll.numpy(), ref, atol=0.5)
+    assert np.all(ll.numpy() >= elbo.numpy())
+    one, _ = trained_vae.log_likelihood_from_seeds(tf.constant(x_test[3:4]), seeds[3:4], 500)
+    np.testing.assert_allclose(one.numpy()[0], ll.numpy()[3], rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(prior="mog", likelihood=tfp_vae.likelihoods.Gaussian(learn_scale="pixel"), posterior="tril"),
+    dict(prior=tfp_vae.priors.VampPrior(num_pseudo_inputs=4)),
+])
+def test_save_and_load_give_identical_outputs(tmp_path, digits, kwargs):
+    x, x_test, _ = digits
+    model = make_vae(**kwargs)
+    fit_losses(model, x[:128], epochs=1)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.prior_layer) is type(model.prior_layer)
+    assert type(loaded.likelihood_layer) is type(model.likelihood_layer)
+    for method in ("reconstruct", "encode"):
+        np.testing.assert_array_equal(getattr(loaded, method)(x_test).numpy(),
+                                      getattr(model, method)(x_test).numpy())
+    np.testing.assert_array_equal(loaded.sample(4, seed=1).numpy(), model.sample(4, seed=1).numpy())
+    np.testing.assert_allclose(loaded.elbo(x_test, seed=5).numpy(), model.elbo(x_test, seed=5).numpy(),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(loaded.prior().log_prob(tf.zeros([1, 2])).numpy(),
+                                  model.prior().log_prob(tf.zeros([1, 2])).numpy())
+
+
+def test_autoencoder_save_and_load(tmp_path, digits):
+    x, x_test, _ = digits
+    enc, dec = tfp_vae.networks.build("mlp", 3, (8, 8, 1), hidden=(16,))
+    ae = Autoencoder(enc, dec, 3, sparsity="kl", noise="gaussian")
+    fit_losses(ae, x[:128], epochs=1)
+    ae.save(tmp_path / "ae.keras")
+    loaded = keras.models.load_model(tmp_path / "ae.keras")
+    assert loaded.sparsity == "kl" and loaded.noise == "gaussian"
+    np.testing.assert_array_equal(loaded.reconstruct(x_test).numpy(), ae.reconstruct(x_test).numpy())
+
+
+def test_standard_callbacks_work(tmp_path, digits):
+    x, x_test, _ = digits
+    model = make_vae()
+    model.compile(optimizer="adam")
+    ckpt = tmp_path / "best.keras"
+    history = model.fit(
+        x, epochs=6, batch_size=128, verbose=0, validation_data=(x_test,),
+        callbacks=[
+            keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=1e9),
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.TensorBoard(tmp_path / "logs"),
+        ],
+    ).history
+    assert len(history["loss"]) == 2  # min_delta this large stops after `patience` epochs
+    assert {"val_elbo", "val_kl", "val_reconstruction"} <= set(history)
+    restored = keras.models.load_model(ckpt)
+    assert restored.latent_dim == model.latent_dim
+    assert any(f.startswith("events") for _, _, fs in os.walk(tmp_path / "logs") for f in fs)
+
+
+def test_terminate_on_nan_stops_a_diverging_fit(digits):
+    x, _, _ = digits
+    model = make_vae()
+    model.compile(optimizer="adam")
+    bad = x.copy()
+    bad[5, 0, 0, 0] = np.nan
+    history = model.fit(bad, epochs=3, batch_size=len(bad), verbose=0,
+                        callbacks=[keras.callbacks.TerminateOnNaN()]).history
+    assert np.isnan(history["loss"][0]) and len(history["loss"]) == 1
+
+
+def test_evaluate_reports_elbo_metrics(trained_vae, digits):
+    _, x_test, _ = digits
+    logs = trained_vae.evaluate(x_test, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "elbo", "kl", "reconstruction"}
+    assert logs["elbo"] == pytest.approx(-(logs["kl"] + logs["reconstruction"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(latent_dim=0), "latent_dim must be a positive integer, got 0"),
+    (dict(beta=-1.0), "beta must be a non-negative finite number, got -1.0"),
+    (dict(objective="vi"), "objective must be one of"),
+    (dict(num_train_samples=0), "num_train_samples must be a positive integer, got 0"),
+    (dict(kl="closed"), "kl must be one of"),
+])
+def test_vae_arguments_are_checked(kwargs, message):
+    enc, dec = tfp_vae.networks.build("mlp", 2, (4,), hidden=(8,))
+    args = dict(latent_dim=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        tfp_vae.VAE(enc, dec, **args)
+
+
+def test_decoder_shape_mismatch_is_reported():
+    enc, _ = tfp_vae.networks.build("mlp", 2, (8, 8, 1), hidden=(8,))
+    _, dec = tfp_vae.networks.build("mlp", 2, (4, 4, 1), hidden=(8,))
+    with pytest.raises(ValueError, match=r"decoder maps z to shape \(4, 4, 1\), but the data has shape \(8, 8, 1\)"):
+        tfp_vae.VAE(enc, dec, 2)

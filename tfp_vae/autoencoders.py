@@ -48,7 +48,10 @@ class Autoencoder(TermsModel):
       noise: None, "gaussian" or "mask"; ``noise_level`` is the std or the drop rate.
       code_activation: activation of the code layer; defaults to "sigmoid" for the KL
         sparsity penalty and "linear" otherwise.
+      seed: seed of the training-time corruption.
     """
+
+    TERMS = ("loss", "reconstruction", "penalty")
 
     def __init__(
         self,

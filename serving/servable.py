@@ -1,0 +1,231 @@
+"""One loaded version of a model: its signatures and how to run them.
+
+Signature metadata comes from the SavedModel proto itself (the MetaGraphDef
+tagged "serve"), exactly what TF Serving returns from GetModelMetadata;
+signatures run through ``tf.saved_model.load(path).signatures[name]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Mapping, Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import message as pb_message, text_format
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from serving import errors, tensors
+from serving.config import DEFAULT_SERVING_SIGNATURE
+
+logger = logging.getLogger(__name__)
+
+SERVE_TAG = "serve"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
+
+
+def read_meta_graph(path: str) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraphDef tagged "serve" of the SavedModel at `path`."""
+    pb = os.path.join(path, "saved_model.pb")
+    pbtxt = os.path.join(path, "saved_model.pbtxt")
+    saved_model = saved_model_pb2.SavedModel()
+    if os.path.exists(pb):
+        with open(pb, "rb") as f:
+            data = f.read()
+        try:
+            saved_model.ParseFromString(data)
+        except pb_message.DecodeError as e:
+            raise errors.ServingError(
+                grpc.StatusCode.DATA_LOSS,
+                f"Can't parse {pb} as binary proto: {e}") from e
+    elif os.path.exists(pbtxt):
+        with open(pbtxt, encoding="utf-8") as f:
+            try:
+                text_format.Parse(f.read(), saved_model)
+            except text_format.ParseError as e:
+                raise errors.ServingError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"Can't parse {pbtxt} as text proto: {e}") from e
+    else:
+        raise errors.not_found(
+            f"Could not find SavedModel .pb or .pbtxt at supplied export "
+            f"directory path: {path}")
+    for meta_graph in saved_model.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return meta_graph
+    tag_sets = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+    raise errors.not_found(
+        f"Could not find meta graph def matching supplied tags: {{ {SERVE_TAG} }}."
+        f" Tag sets in the SavedModel: {tag_sets}")
+
+
+class Servable:
+    """A loaded model version.
+
+    Attributes:
+      name, version, path: identity and location.
+      signature_defs: every SignatureDef of the "serve" MetaGraphDef.
+    """
+
+    def __init__(self, name: str, version: int, path: str):
+        self.name = name
+        self.version = int(version)
+        self.path = path
+        meta_graph = read_meta_graph(path)
+        self.signature_defs = dict(meta_graph.signature_def)
+        try:
+            self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
+        except Exception as e:  # noqa: BLE001 - reported as a load failure
+            raise errors.from_exception(e) from e
+        self._functions = dict(self._loaded.signatures)
+        self.warmup_records = 0
+        self.batching_released = False     # set once the version is unloaded
+
+    # -- lookup -------------------------------------------------------------
+    def runnable_signatures(self) -> list:
+        return sorted(k for k in self.signature_defs if k in self._functions)
+
+    def signature(self, name: str):
+        """The SignatureDef for `name` ("" means serving_default).
+
+        Raises FAILED_PRECONDITION, as TF Serving's Predict does, if the
+        model has no such signature.
+        """
+        name = name or DEFAULT_SERVING_SIGNATURE
+        sig = self.signature_defs.get(name)
+        if sig is None or name not in self._functions:
+            raise errors.failed_precondition(
+                f'Serving signature key "{name}" not found.')
+        return name, sig
+
+    # -- requests -----------------------------------------------------------
+    def prepare_inputs(self, signature_def, request_inputs: Mapping) -> dict:
+        """Checks and decodes the inputs of a Predict request.
+
+        `request_inputs` maps aliases to TensorProtos or numpy arrays.  The
+        checks and their messages follow TF Serving's predict_util.cc and
+        TensorFlow's saved_model/util.cc; dtype and shape are checked against
+        the signature's TensorInfo before anything runs.
+        """
+        sig_inputs = signature_def.inputs
+        req_keys = sorted(request_inputs.keys())
+        sig_keys = sorted(sig_inputs.keys())
+        if len(req_keys) != len(sig_keys):
+            extra = sorted(set(req_keys) - set(sig_keys))
+            missing = sorted(set(sig_keys) - set(req_keys))
+            raise errors.invalid_argument(
+                f"input size does not match signature: {len(req_keys)}!="
+                f"{len(sig_keys)} len({{{','.join(req_keys)}}}) != "
+                f"len({{{','.join(sig_keys)}}}). Sent extra: "
+                f"{{{','.join(extra)}}}. Missing but required: "
+                f"{{{','.join(missing)}}}.")
+        arrays = {}
+        for index, alias in enumerate(sig_keys):
+            info = sig_inputs[alias]
+            if alias not in request_inputs:
+                raise errors.invalid_argument(
+                    f"Signature input alias: {alias}(feed name: {info.name}) "
+                    f"not found in request and no default value provided. "
+                    f"Inputs expected to be in the request "
+                    f"{{{','.join(req_keys)}}}, or default input alias set: ")
+            value = request_inputs[alias]
+            if isinstance(value, np.ndarray):
+                array = value
+            else:
+                try:
+                    array = tensors.to_numpy(value)
+                except tensors.TensorParseError as e:
+                    raise errors.invalid_argument(
+                        f"tensor parsing error: {alias} ({e})") from e
+            got = tensors.dtype_enum_of(array)
+            if got != info.dtype:
+                raise errors.invalid_argument(
+                    f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)}"
+                    f" but {tensors.dtype_name(got)} is provided (input "
+                    f"'{alias}')")
+            expected = tensors.shape_of(info.tensor_shape)
+            if expected is not None and not _shape_compatible(array.shape,
+                                                              expected):
+                raise errors.invalid_argument(
+                    f"input '{alias}' has shape {list(array.shape)}, which "
+                    f"is not compatible with the signature's shape "
+                    f"{[-1 if d is None else d for d in expected]}")
+            arrays[alias] = array
+        return arrays
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict:
+        """Runs a signature on decoded inputs; returns every output."""
+        fn = self._functions[signature_name]
+        try:
+            outputs = fn(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+            return {k: v.numpy() for k, v in outputs.items()}
+        except Exception as e:  # noqa: BLE001 - becomes the request's status
+            raise errors.from_exception(e) from e
+
+    # -- warmup -------------------------------------------------------------
+    def warmup(self, predict) -> int:
+        """Replays assets.extra/tf_serving_warmup_requests, if present.
+
+        `predict(servable, PredictRequest)` runs one request.  Any failing
+        record fails the load, as in TF Serving.  Returns the record count.
+        """
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not os.path.exists(path):
+            logger.info("No warmup data file found at %s", path)
+            return 0
+        start = time.monotonic()
+        count = 0
+        for record in tf.data.TFRecordDataset(path):
+            count += 1
+            if count > MAX_WARMUP_RECORDS:
+                raise errors.invalid_argument(
+                    f"Number of warmup records exceeds the maximum "
+                    f"({MAX_WARMUP_RECORDS}) at {path}")
+            log = prediction_log_pb2.PredictionLog()
+            try:
+                log.ParseFromString(record.numpy())
+            except pb_message.DecodeError as e:
+                raise errors.invalid_argument(
+                    f"Failed to parse warmup record {count} in {path} as a "
+                    f"PredictionLog: {e}") from e
+            kind = log.WhichOneof("log_type")
+            if kind != "predict_log":
+                raise errors.ServingError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"Unsupported log_type for warmup: {kind}; the local "
+                    f"server replays predict_log records")
+            predict(self, log.predict_log.request)
+        self.warmup_records = count
+        logger.info("Finished reading warmup data for model at %s. Number of "
+                    "warmup records read: %d. Elapsed time (microseconds): %d.",
+                    path, count, int((time.monotonic() - start) * 1e6))
+        return count
+
+
+def _shape_compatible(shape, expected) -> bool:
+    if len(shape) != len(expected):
+        return False
+    return all(e is None or e == s for s, e in zip(shape, expected))
+
+
+def version_fingerprint(path: str) -> Optional[tuple]:
+    """Changes when a version directory's model files change."""
+    parts = []
+    for rel in ("saved_model.pb", "saved_model.pbtxt",
+                os.path.join("variables", "variables.index")):
+        try:
+            st = os.stat(os.path.join(path, rel))
+        except OSError:
+            continue
+        parts.append((rel, st.st_mtime_ns, st.st_size))
+    try:
+        parts.append(("dir", os.stat(path).st_mtime_ns))
+    except OSError:
+        return None
+    return tuple(parts)

@@ -209,7 +209,7 @@ class _ModelMethods:
                          timeout=timeout).outputs
 
     def generate(self, seed, *, timeout: Optional[float] = None) -> tuple:
-        """Samples x ~ p(x|z), z ~ p(z) for int32 seed rows [B, 2] -> (x, z)."""
+        """z ~ p(z) and x = the mean of p(x|z), one per int32 seed row [B, 2] -> (x, z)."""
         out = self.predict("generate", {"seed": _seed_rows(seed)},
                            timeout=timeout)
         return out["x"], out["z"]

@@ -1,0 +1,354 @@
+"""Writing a model as one version of a TF Serving model directory.
+
+Layout (what ``tensorflow_model_server`` reads)::
+
+    BASE/NAME/
+        models.config               ModelServerConfig text proto
+        batching_parameters.txt     BatchingParameters text proto
+        1/
+            saved_model.pb
+            variables/variables.{index,data-*}
+            assets.extra/tf_serving_warmup_requests
+            assets.extra/tfp_vae_export.json     what was exported (kind, shapes, k, ...)
+        2/ ...
+
+A version is written under ``BASE/NAME/.tmp-<version>-<pid>-<random>`` (a name TF
+Serving ignores: it only loads children whose names are integers), validated there,
+and only then renamed to ``BASE/NAME/<version>`` in one ``os.rename`` on the same file
+system, so a server polling the base path never sees half a version. If anything
+fails or is interrupted the temporary directory is removed; one left behind by a
+killed process is never mistaken for a version, and is removed by the next export
+once its process is gone. An existing version is never overwritten. Concurrent
+exports into the same model directory are serialized by a lock file
+(``.export.lock``).
+"""
+
+import contextlib
+import dataclasses
+import json
+import numbers
+import os
+import re
+import shutil
+import uuid
+
+from export import contract, endpoints, server_config, validation, warmup
+
+TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".export.lock"
+_TMP_NAME = re.compile(r"^\.tmp-(\d+)-(\d+)-[0-9a-f]+$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_NUM_LL_SAMPLES = 100
+
+
+class ExportError(Exception):
+    """An export could not be done as asked; the message names the value and what was expected."""
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: str
+    version: int
+    report: object  # validation.ValidationReport, or None when validation was skipped
+    models_config: str
+    batching_parameters: str
+    removed_stale: list
+
+    def __str__(self):
+        return self.path
+
+
+def list_versions(model_dir):
+    """Sorted integer versions present in ``model_dir`` (directories named by an integer)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(
+        int(entry)
+        for entry in os.listdir(model_dir)
+        if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry))
+    )
+
+
+def next_version(model_dir):
+    """One more than the highest version present, or 1."""
+    versions = list_versions(model_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(model_dir):
+    """Removes temporary export directories whose process is gone; returns their paths."""
+    removed = []
+    if not os.path.isdir(model_dir):
+        return removed
+    for entry in sorted(os.listdir(model_dir)):
+        match = _TMP_NAME.match(entry)
+        if not match or int(match.group(2)) == os.getpid() or _pid_alive(int(match.group(2))):
+            continue
+        path = os.path.join(model_dir, entry)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def _model_dir_lock(model_dir):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    with open(os.path.join(model_dir, LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        raise ExportError(
+            f"Model name {name!r} is not valid: expected letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it becomes a directory and a URL path segment)."
+        )
+
+
+def _check_version(version, model_dir):
+    if not isinstance(version, numbers.Integral) or isinstance(version, bool) or version < 0:
+        raise ExportError(f"version must be a non-negative integer, got {version!r}.")
+    version = int(version)
+    path = os.path.join(model_dir, str(version))
+    if os.path.exists(path) or version in list_versions(model_dir):
+        raise ExportError(
+            f"Version {version} already exists at {path}; versions are never overwritten. "
+            f"Pass another version or none (the next free one is {next_version(model_dir)})."
+        )
+    return version
+
+
+def _manifest(plan, name, extra):
+    import keras
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    import tfp_vae
+
+    return {
+        "format": 1,
+        "model_name": name,
+        "kind": plan.kind,
+        "decoder_only": plan.decoder_only,
+        "latent_dim": plan.latent_dim,
+        "data_shape": list(plan.data_shape),
+        "signatures": list(plan.functions),
+        **plan.manifest,
+        "versions": {
+            "tensorflow": tf.__version__,
+            "tensorflow_probability": tfp.__version__,
+            "keras": keras.__version__,
+            "tfp_vae": getattr(tfp_vae, "__version__", None),
+        },
+        **(extra or {}),
+    }
+
+
+def _write_version(tmp, model, plan, name, warmup_batch_size, extra_manifest):
+    import keras
+
+    archive = keras.export.ExportArchive()
+    for resource in plan.track:
+        archive.track(resource)
+    for signature, (fn, _) in plan.functions.items():
+        archive.add_endpoint(signature, fn, input_signature=plan.input_signature(signature))
+    archive.write_out(tmp, verbose=False)
+    warmup.write_warmup_requests(
+        tmp,
+        name,
+        {
+            signature: contract.example_inputs(spec, warmup_batch_size)
+            for signature, (_, spec) in plan.functions.items()
+        },
+    )
+    with open(os.path.join(tmp, warmup.ASSETS_EXTRA, validation.MANIFEST_FILE), "w") as f:
+        json.dump(_manifest(plan, name, extra_manifest), f, indent=2, sort_keys=True)
+
+
+def export_version(
+    model,
+    base_path,
+    name,
+    version=None,
+    *,
+    decoder_only=False,
+    num_ll_samples=DEFAULT_NUM_LL_SAMPLES,
+    validate=True,
+    session_check=True,
+    server_base_path=None,
+    num_versions=1,
+    batching=None,
+    warmup_batch_size=2,
+    extra_manifest=None,
+):
+    """Like ``export_model``, returning an ExportResult (path, version, report, config paths)."""
+    _check_name(name)
+    if not isinstance(warmup_batch_size, int) or warmup_batch_size < 1:
+        raise ExportError(
+            f"warmup_batch_size must be a positive integer, got {warmup_batch_size!r}."
+        )
+    batching = batching or server_config.BatchingOptions()
+    # Fail on bad configuration before the (slow) export, not after it.
+    model_dir = os.path.abspath(os.path.join(os.fspath(base_path), name))
+    try:
+        server_config.models_config(name, server_base_path or model_dir, num_versions)
+        plan = endpoints.plan(model, decoder_only=decoder_only, num_ll_samples=num_ll_samples)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
+    os.makedirs(model_dir, exist_ok=True)
+
+    with _model_dir_lock(model_dir):
+        removed = remove_stale_temporaries(model_dir)
+        if version is None:
+            version = next_version(model_dir)
+        version = _check_version(version, model_dir)
+        final = os.path.join(model_dir, str(version))
+        tmp = os.path.join(model_dir, f"{TMP_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        report = None
+        try:
+            _write_version(tmp, model, plan, name, warmup_batch_size, extra_manifest)
+            if validate:
+                report = validation.validate(
+                    tmp,
+                    model,
+                    session_check=session_check,
+                    expect_version_name=False,
+                    raise_on_failure=False,
+                )
+                report.version_dir = final
+                if not report.ok:
+                    report.not_written = True
+                    raise validation.ValidationError(report)
+            if os.path.exists(final):  # appeared while we were writing
+                raise ExportError(
+                    f"Version {version} appeared at {final} during the export; not overwritten."
+                )
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        paths = server_config.write_server_configs(
+            model_dir, name, server_base_path, num_versions, batching
+        )
+    return ExportResult(
+        path=final,
+        version=version,
+        report=report,
+        models_config=paths["models_config"],
+        batching_parameters=paths["batching_parameters"],
+        removed_stale=removed,
+    )
+
+
+def export_model(
+    model,
+    base_path,
+    name,
+    version=None,
+    *,
+    decoder_only=False,
+    num_ll_samples=DEFAULT_NUM_LL_SAMPLES,
+    validate=True,
+    session_check=True,
+    server_base_path=None,
+    num_versions=1,
+    batching=None,
+    warmup_batch_size=2,
+    extra_manifest=None,
+):
+    """Exports ``model`` to ``base_path/name/<version>/`` for TF Serving; returns that path.
+
+    Args:
+      model: a built ``tfp_vae.VAE`` (or autoencoder).
+      base_path: directory holding one sub-directory per model name.
+      name: the model name TF Serving serves it under.
+      version: integer version; default one more than the highest present (or 1).
+      decoder_only: export only ``serving_default``, ``decode`` and ``generate``, without
+        the encoder's weights.
+      num_ll_samples: k, the importance samples per row of ``log_likelihood``.
+      validate: run ``export.validate`` on the written version before renaming it into
+        place (``session_check`` includes the TF1 session-loader run).
+      server_base_path: the model directory as the server sees it, written into
+        models.config (default: the local absolute path; ``/models/NAME`` in Docker).
+      num_versions: how many of the latest versions models.config tells TF Serving to serve.
+      batching: ``server_config.BatchingOptions`` for batching_parameters.txt.
+      warmup_batch_size: rows in each warmup request.
+      extra_manifest: more facts recorded in assets.extra/tfp_vae_export.json.
+
+    Raises:
+      ExportError: bad arguments, or the version exists.
+      ValidationError: the written version broke the contract (nothing is left behind).
+    """
+    return export_version(
+        model,
+        base_path,
+        name,
+        version,
+        decoder_only=decoder_only,
+        num_ll_samples=num_ll_samples,
+        validate=validate,
+        session_check=session_check,
+        server_base_path=server_base_path,
+        num_versions=num_versions,
+        batching=batching,
+        warmup_batch_size=warmup_batch_size,
+        extra_manifest=extra_manifest,
+    ).path
+
+
+def load_run(run_dir):
+    """(model, config dict or None) from a run directory (model.keras, config.json)."""
+    run_dir = os.fspath(run_dir)
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(model_path):
+        raise ExportError(
+            f"{run_dir!r} is not a run directory: {model_path} is missing "
+            "(expected model.keras and config.json written by `tfp-vae train`)."
+        )
+    import keras
+
+    import tfp_vae  # noqa: F401  (registers the classes model.keras refers to)
+
+    model = keras.models.load_model(model_path, compile=False)
+    config = None
+    config_path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            config = json.load(f)
+    return model, config
+
+
+def export_run_version(run_dir, base_path, name, version=None, **options):
+    """Like ``export_run``, returning an ExportResult."""
+    model, config = load_run(run_dir)
+    extra = dict(options.pop("extra_manifest", None) or {})
+    extra["run_dir"] = os.path.abspath(os.fspath(run_dir))
+    if config is not None:
+        extra["run_config"] = config
+    return export_version(model, base_path, name, version, extra_manifest=extra, **options)
+
+
+def export_run(run_dir, base_path, name, version=None, **options):
+    """Exports the model of a run directory (``model.keras``); returns the version path.
+
+    Takes the same options as ``export_model``.
+    """
+    return export_run_version(run_dir, base_path, name, version, **options).path

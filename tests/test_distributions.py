@@ -184,3 +184,16 @@ def test_vamp_prior_is_the_uniform_mixture_of_pseudo_input_posteriors():
 def test_bad_arguments_name_the_value(bad, message):
     with pytest.raises(ValueError, match=message):
         bad()
+
+
+def test_tril_posterior_starts_diagonal():
+    enc, dec = tfp_vae.networks.build("mlp", 3, (6,), hidden=(8,))
+    model = tfp_vae.VAE(enc, dec, 3, posterior="tril")
+    x = RNG.random((5, 6)).astype(np.float32)
+    L = model.posterior(x).scale.to_dense().numpy()
+    assert np.all(np.tril(L, k=-1) == 0) and np.all(np.diagonal(L, axis1=1, axis2=2) > 0)
+    # The head is otherwise trained as usual: gradients reach the L' weights.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model.posterior(x).sample(seed=[1, 2]) ** 2)
+    grad = tape.gradient(loss, model.posterior_head.kernel).numpy()
+    assert np.any(grad[:, 6:] != 0)

@@ -177,6 +177,7 @@ class VAE(TermsModel):
                 f"The encoder must output features of shape [batch, F]; it gives {features}."
             )
         self.posterior_head.build(features)
+        self.posterior_family.initialize_head(self.posterior_head, self.latent_dim)
         self.decoder.build((None, self.latent_dim))
         out = tuple(self.decoder.compute_output_shape((None, self.latent_dim)))[1:]
         if out != self._data_shape:

@@ -22,6 +22,35 @@ class TermsModel(keras.Model):
         raise NotImplementedError
 
     @property
+    def data_shape(self):
+        """The shape S of one example, known once the model is built."""
+        return self._data_shape
+
+    def _build_networks(self, input_shape, head):
+        """Builds encoder -> ``head`` and the decoder for data of ``input_shape``.
+
+        Checks that the encoder emits flat features and that the decoder maps a
+        latent_dim vector back to the data shape. Returns the input shape with an
+        unknown batch dimension.
+        """
+        input_shape = (None, *tuple(input_shape)[1:])
+        self._data_shape = tuple(int(s) for s in input_shape[1:])
+        self.encoder.build(input_shape)
+        features = self.encoder.compute_output_shape(input_shape)
+        if len(features) != 2:
+            raise ValueError(
+                f"The encoder must output features of shape [batch, F]; it gives {features}."
+            )
+        head.build(features)
+        self.decoder.build((None, self.latent_dim))
+        out = tuple(self.decoder.compute_output_shape((None, self.latent_dim)))[1:]
+        if out != self._data_shape:
+            raise ValueError(
+                f"The decoder maps z to shape {out}, but the data has shape {self._data_shape}."
+            )
+        return input_shape
+
+    @property
     def metrics(self):
         return list(self._trackers.values())
 

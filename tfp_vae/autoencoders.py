@@ -104,23 +104,10 @@ class Autoencoder(TermsModel):
         if input_shape is not None:
             self.build(input_shape)
 
-    @property
-    def data_shape(self):
-        return self._data_shape
-
     def build(self, input_shape):
         if self.built:
             return
-        input_shape = (None, *tuple(input_shape)[1:])
-        self._data_shape = tuple(int(s) for s in input_shape[1:])
-        self.encoder.build(input_shape)
-        self.code_layer.build(self.encoder.compute_output_shape(input_shape))
-        self.decoder.build((None, self.latent_dim))
-        out = tuple(self.decoder.compute_output_shape((None, self.latent_dim)))[1:]
-        if out != self._data_shape:
-            raise ValueError(
-                f"The decoder maps codes to shape {out}, but the data has shape {self._data_shape}."
-            )
+        self._build_networks(input_shape, self.code_layer)
         self.built = True
 
     def get_config(self):

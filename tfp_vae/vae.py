@@ -161,29 +161,11 @@ class VAE(TermsModel):
 
     # ------------------------------------------------------------------ building
 
-    @property
-    def data_shape(self):
-        return self._data_shape
-
     def build(self, input_shape):
         if self.built:
             return
-        input_shape = (None, *tuple(input_shape)[1:])
-        self._data_shape = tuple(int(s) for s in input_shape[1:])
-        self.encoder.build(input_shape)
-        features = self.encoder.compute_output_shape(input_shape)
-        if len(features) != 2:
-            raise ValueError(
-                f"The encoder must output features of shape [batch, F]; it gives {features}."
-            )
-        self.posterior_head.build(features)
+        input_shape = self._build_networks(input_shape, self.posterior_head)
         self.posterior_family.initialize_head(self.posterior_head, self.latent_dim)
-        self.decoder.build((None, self.latent_dim))
-        out = tuple(self.decoder.compute_output_shape((None, self.latent_dim)))[1:]
-        if out != self._data_shape:
-            raise ValueError(
-                f"The decoder maps z to shape {out}, but the data has shape {self._data_shape}."
-            )
         for layer in (self.prior_layer, self.likelihood_layer):
             if not layer.built:  # layers restored from a .keras file arrive built
                 layer.build(input_shape)

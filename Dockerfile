@@ -18,7 +18,7 @@ FROM python:3.11-slim AS export
 ARG MODEL_NAME
 # A run directory inside the build context (model.keras, config.json); empty: train one.
 ARG RUN_DIR=""
-ARG TRAIN_ARGS="--dataset mnist5k --network conv --posterior diag --prior normal --likelihood bernoulli --latent-dim 2 --epochs 10 --batch-size 100 --seed 0"
+ARG TRAIN_ARGS="--dataset mnist5k --network conv --posterior diag --prior normal --likelihood bernoulli --latent-dim 2 --epochs 10 --batch-size 100 --seed 0 --eval-examples 200"
 # More `tfp-vae export` flags, e.g. "--decoder-only --max-batch-size 128".
 ARG EXPORT_ARGS=""
 ENV PIP_NO_CACHE_DIR=1 \

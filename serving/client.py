@@ -199,6 +199,16 @@ def _seed_rows(seed) -> np.ndarray:
     return array.astype(np.int32)
 
 
+def _check_client_arguments(model_name, version, version_label, timeout) -> None:
+    """Raises ValueError for arguments no server could answer."""
+    if not model_name:
+        raise ValueError("model_name must not be empty")
+    if timeout is None or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds; "
+                         f"got {timeout!r}")
+    _set_version(predict_pb2.PredictRequest().model_spec, version, version_label)
+
+
 class _ModelMethods:
     """The tfp-vae signatures on top of `predict` (SPEC's export table)."""
 
@@ -259,13 +269,7 @@ class Client(_ModelMethods):
                  version_label: Optional[str] = None,
                  timeout: float = DEFAULT_TIMEOUT, *, max_attempts: int = 5,
                  channel_options: Sequence = ()):
-        if not model_name:
-            raise ValueError("model_name must not be empty")
-        if timeout is None or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds; "
-                             f"got {timeout!r}")
-        _set_version(predict_pb2.PredictRequest().model_spec, version,
-                     version_label)
+        _check_client_arguments(model_name, version, version_label, timeout)
         self.target = target
         self.model_name = model_name
         self.version = version
@@ -414,13 +418,7 @@ class RestClient(_ModelMethods):
     def __init__(self, target: str, model_name: str, version: Optional[int] = None,
                  version_label: Optional[str] = None,
                  timeout: float = DEFAULT_TIMEOUT):
-        if not model_name:
-            raise ValueError("model_name must not be empty")
-        if timeout is None or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds; "
-                             f"got {timeout!r}")
-        _set_version(predict_pb2.PredictRequest().model_spec, version,
-                     version_label)
+        _check_client_arguments(model_name, version, version_label, timeout)
         parsed = urllib.parse.urlsplit(target if "//" in target
                                        else f"http://{target}")
         if parsed.scheme != "http" or not parsed.hostname or not parsed.port:

@@ -13,6 +13,14 @@ class TermsModel(keras.Model):
     """
 
     TERMS = ("loss",)
+    NESTED = ("encoder", "decoder")  # config entries holding serialized Keras objects
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in cls.NESTED:
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
 
     def _init_trackers(self, seed):
         self.seed_generator = keras.random.SeedGenerator(seed)

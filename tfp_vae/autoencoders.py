@@ -127,13 +127,6 @@ class Autoencoder(TermsModel):
             "seed": self.seed,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "decoder"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
-
     def get_build_config(self):
         return {"input_shape": (None, *self._data_shape)} if self.built else {}
 

@@ -92,6 +92,7 @@ class VAE(TermsModel):
     """
 
     TERMS = ("loss", "elbo", "kl", "reconstruction")
+    NESTED = ("encoder", "decoder", "prior", "likelihood")
 
     def __init__(
         self,
@@ -211,13 +212,6 @@ class VAE(TermsModel):
             "kl": self.kl,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "decoder", "prior", "likelihood"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
 
     def get_build_config(self):
         return {"input_shape": (None, *self._data_shape)} if self.built else {}

@@ -34,6 +34,9 @@ class TermsModel(keras.Model):
         """The shape S of one example, known once the model is built."""
         return self._data_shape
 
+    def get_build_config(self):
+        return {"input_shape": (None, *self._data_shape)} if self.built else {}
+
     def _build_networks(self, input_shape, head):
         """Builds encoder -> ``head`` and the decoder for data of ``input_shape``.
 

@@ -127,9 +127,6 @@ class Autoencoder(TermsModel):
             "seed": self.seed,
         }
 
-    def get_build_config(self):
-        return {"input_shape": (None, *self._data_shape)} if self.built else {}
-
     # ------------------------------------------------------------------ model
 
     def encode(self, x, training=False):

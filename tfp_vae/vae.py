@@ -213,9 +213,6 @@ class VAE(TermsModel):
             "seed": self.seed,
         }
 
-    def get_build_config(self):
-        return {"input_shape": (None, *self._data_shape)} if self.built else {}
-
     # ------------------------------------------------------------ distributions
 
     def posterior_params(self, x, training=False):

@@ -12,81 +12,21 @@
 
 ``tensorflow-serving-api`` ships ``ModelServerConfig`` but not ``BatchingParameters``
 (it lives in ``tensorflow_serving/servables/tensorflow/session_bundle_config.proto``,
-which the pip package leaves out). When the generated module is not importable we
-build the message from a descriptor that mirrors that proto's fields and numbers, in a
-private descriptor pool so it can never clash with the real one.
+which the pip package leaves out); ``serving.config.batching_parameters_class`` builds
+it, and the local server parses the file with that same class.
 """
 
 import dataclasses
 import os
 import tempfile
 
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    message_factory,
-    text_format,
-    wrappers_pb2,
-)
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from serving.config import batching_parameters_class
 
 MODELS_CONFIG = "models.config"
 BATCHING_PARAMETERS = "batching_parameters.txt"
-
-# BatchingParameters in session_bundle_config.proto: (name, number, wrapper or scalar).
-_BATCHING_FIELDS = (
-    ("max_batch_size", 1, "Int64Value"),
-    ("batch_timeout_micros", 2, "Int64Value"),
-    ("max_enqueued_batches", 3, "Int64Value"),
-    ("num_batch_threads", 4, "Int64Value"),
-    ("thread_pool_name", 5, "StringValue"),
-    ("allowed_batch_sizes", 6, "repeated int64"),
-    ("pad_variable_length_inputs", 7, "bool"),
-    ("enable_large_batch_splitting", 8, "BoolValue"),
-    ("max_execution_batch_size", 9, "Int64Value"),
-)
-
-_batching_class = None
-
-
-def batching_parameters_class():
-    """The ``tensorflow.serving.BatchingParameters`` message class."""
-    global _batching_class
-    if _batching_class is not None:
-        return _batching_class
-    try:
-        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
-
-        _batching_class = session_bundle_config_pb2.BatchingParameters
-        return _batching_class
-    except ImportError:
-        pass
-    F = descriptor_pb2.FieldDescriptorProto
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    message = proto.message_type.add(name="BatchingParameters")
-    for name, number, kind in _BATCHING_FIELDS:
-        field = message.field.add(name=name, number=number, label=F.LABEL_OPTIONAL)
-        if kind == "repeated int64":
-            field.label = F.LABEL_REPEATED
-            field.type = F.TYPE_INT64
-        elif kind == "bool":
-            field.type = F.TYPE_BOOL
-        else:
-            field.type = F.TYPE_MESSAGE
-            field.type_name = f".google.protobuf.{kind}"
-    pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    _batching_class = message_factory.GetMessageClass(descriptor)
-    return _batching_class
 
 
 def default_allowed_batch_sizes(max_batch_size):

@@ -19,7 +19,7 @@ import dataclasses
 
 from export import contract
 from tfp_vae._backend import keras, tf, tfd
-from tfp_vae.vae import sample_rows
+from tfp_vae.row_sampling import sample_rows
 
 
 class ExportModelError(ValueError):

@@ -60,6 +60,7 @@ def _make_module(latent_dim: int, data_shape: tuple, variant: int,
     import tensorflow_probability as tfp
 
     tfd = tfp.distributions
+    from tfp_vae import row_sampling
     d = latent_dim
     n = int(np.prod(data_shape))
     rng = np.random.default_rng(1000 + variant)
@@ -141,9 +142,7 @@ def _make_module(latent_dim: int, data_shape: tuple, variant: int,
         @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32)])
         def generate(self, seed):
             prior = tfd.MultivariateNormalDiag(tf.zeros([d]), tf.ones([d]))
-            z = tf.map_fn(lambda row: prior.sample(seed=row), seed,
-                          fn_output_signature=tf.float32)
-            z = tf.reshape(z, [-1, d])
+            z = row_sampling.sample_rows(prior, seed)
             return {"x": tf.sigmoid(self.decoder_logits(z)), "z": z}
 
         @tf.function(input_signature=[
@@ -165,24 +164,20 @@ def _make_module(latent_dim: int, data_shape: tuple, variant: int,
             loc, scale_tril = self.posterior_params(x)
             prior = tfd.MultivariateNormalDiag(tf.zeros([d]), tf.ones([d]))
 
-            def row(args):
-                x_i, loc_i, tril_i, seed_i = args
-                q = tfd.MultivariateNormalTriL(loc_i, tril_i)
-                z = q.sample(NUM_IMPORTANCE_SAMPLES, seed=seed_i)
-                likelihood = tfd.Independent(
-                    tfd.Bernoulli(logits=self.decoder_logits(z)),
-                    reinterpreted_batch_ndims=len(data_shape))
-                log_w = (likelihood.log_prob(x_i) + prior.log_prob(z)
-                         - q.log_prob(z))
-                return tf.stack([
-                    tf.reduce_logsumexp(log_w)
+            q = tfd.MultivariateNormalTriL(loc, scale_tril)
+            z = row_sampling.sample_rows(q, seed, (NUM_IMPORTANCE_SAMPLES,),
+                                         row_sampling.POSTERIOR)
+            z = tf.transpose(z, [1, 0, 2])  # [k, B, d]
+            logits = tf.reshape(self.decoder_logits(tf.reshape(z, [-1, d])),
+                                [NUM_IMPORTANCE_SAMPLES, -1, *data_shape])
+            likelihood = tfd.Independent(
+                tfd.Bernoulli(logits=logits),
+                reinterpreted_batch_ndims=len(data_shape))
+            log_w = (likelihood.log_prob(x) + prior.log_prob(z)
+                     - q.log_prob(z))
+            return {"log_likelihood": tf.reduce_logsumexp(log_w, 0)
                     - math.log(NUM_IMPORTANCE_SAMPLES),
-                    tf.reduce_mean(log_w)])
-
-            out = tf.map_fn(row, (x, loc, scale_tril, seed),
-                            fn_output_signature=tf.float32)
-            out = tf.reshape(out, [-1, 2])
-            return {"log_likelihood": out[:, 0], "elbo": out[:, 1]}
+                    "elbo": tf.reduce_mean(log_w, 0)}
 
     return ContractModel()
 

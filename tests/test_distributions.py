@@ -81,6 +81,21 @@ def test_tril_log_density_is_log_p_eps_minus_sum_log_sigma():
     np.testing.assert_allclose(q.log_prob(z).numpy(), hand, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", [DiagonalGaussian, FullCovarianceGaussian])
+def test_reparameterize_is_the_distributions_own_sample_and_log_density(family):
+    # z = loc + scale @ eps and log q(z|x) = sum log N(eps) - sum log sigma, from eps
+    # alone, for noise shaped [k, B, D] against parameters [B, P].
+    d, b, k = 3, 4, 5
+    params = tf.constant(0.5 * RNG.normal(size=(b, family.params_size(d))), tf.float32)
+    eps = tf.constant(RNG.normal(size=(k, b, d)), tf.float32)
+    z, log_q = family.reparameterize(params, d, eps)
+    q = family.new(params, d)
+    assert z.shape == (k, b, d) and log_q.shape == (k, b)
+    want_z = q.loc.numpy() + np.einsum("bij,kbj->kbi", q.scale.to_dense().numpy(), eps.numpy())
+    np.testing.assert_allclose(z.numpy(), want_z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_q.numpy(), q.log_prob(z).numpy(), rtol=1e-5, atol=1e-4)
+
+
 def _mc_kl(q, p, n, seed):
     z = q.sample(n, seed=seed)
     sample = (q.log_prob(z) - p.log_prob(z)).numpy()

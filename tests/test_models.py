@@ -173,8 +173,10 @@ def test_sampling_is_reproducible_and_rows_are_independent(trained_vae):
     np.testing.assert_array_equal(a, trained_vae.sample(5, seed=3).numpy())
     assert not np.allclose(a, trained_vae.sample(5, seed=4).numpy())
     seeds = np.array([[3, 0], [3, 1], [3, 2], [3, 3], [3, 4]], np.int32)
-    alone = trained_vae.generate(seeds[2:3])["x"].numpy()
-    np.testing.assert_allclose(alone[0], a[2], rtol=1e-5, atol=1e-6)
+    alone = trained_vae.generate(seeds[2:3])
+    np.testing.assert_allclose(alone["x"].numpy()[0], a[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(
+        alone["z"].numpy()[0], trained_vae.generate(seeds)["z"].numpy()[2])
 
 
 def test_serving_log_likelihood_matches_the_estimator(trained_vae, digits):
@@ -186,6 +188,12 @@ def test_serving_log_likelihood_matches_the_estimator(trained_vae, digits):
     assert np.all(ll.numpy() >= elbo.numpy())
     one, _ = trained_vae.log_likelihood_from_seeds(tf.constant(x_test[3:4]), seeds[3:4], 500)
     np.testing.assert_allclose(one.numpy()[0], ll.numpy()[3], rtol=1e-5)
+    # Row 3's estimate uses only its own seed row: other seeds in the batch change nothing.
+    other = seeds.copy()
+    other[[0, 1, 2, 4, 5, 6, 7]] += 100
+    moved, _ = trained_vae.log_likelihood_from_seeds(tf.constant(x_test[:8]), other, 500)
+    np.testing.assert_allclose(moved.numpy()[3], ll.numpy()[3], rtol=1e-6)
+    assert not np.allclose(moved.numpy()[:3], ll.numpy()[:3], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -126,10 +126,13 @@ def test_every_signature_through_client_matches_in_process(env, client):
 
 
 def test_same_seed_row_same_sample_in_any_batch(client):
+    # z is bit-identical in any batch; the decoded x agrees within float32 rounding
+    # (matrix kernels may round differently for another batch size on some CPUs).
     rows = fx.example_inputs(6, seed=3)["generate"]["seed"]
-    x_all, _ = client.generate(rows)
-    x_part, _ = client.generate(rows[2:5])
-    np.testing.assert_array_equal(x_all[2:5], x_part)
+    x_all, z_all = client.generate(rows)
+    x_part, z_part = client.generate(rows[2:5])
+    np.testing.assert_array_equal(z_all[2:5], z_part)
+    np.testing.assert_allclose(x_all[2:5], x_part, rtol=0, atol=1e-6)
     assert not np.allclose(x_all[0], x_all[1])
 
 

@@ -14,9 +14,26 @@ Families:
     (mu, log sigma, L') = e(x);  L = L_mask * L' + diag(sigma), with L_mask strictly
     lower triangular;  q = N(mu, L L^T)  (``tfd.MultivariateNormalTriL``). Then
     z = mu + L eps and log|det dz/deps| = sum_i log sigma_i.
+
+Besides ``new``, each family has ``reparameterize(params, latent_dim, eps)``: given
+standard-normal noise eps [..., B, D] it returns z [..., B, D] and log q(z|x) [..., B]
+from eps alone (no inversion), by the change of variables
+
+    log q(z|x) = sum_i log N(eps_i; 0, 1) - log|det dz/deps|.
+
+The serving ``log_likelihood`` draws eps per seed row (``row_sampling``) and uses it.
 """
 
+import math
+
 from tfp_vae._backend import bounded_scale, tf, tfd
+from tfp_vae.row_sampling import affine
+
+
+def standard_normal_log_prob(eps):
+    """sum_i log N(eps_i; 0, 1) over the last axis."""
+    dim = eps.shape[-1]
+    return -0.5 * tf.reduce_sum(tf.square(eps), axis=-1) - 0.5 * dim * math.log(2 * math.pi)
 
 
 class DiagonalGaussian:
@@ -36,6 +53,14 @@ class DiagonalGaussian:
     def new(params, latent_dim):
         loc, log_scale = tf.split(params, [latent_dim, latent_dim], axis=-1)
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=bounded_scale(log_scale))
+
+    @staticmethod
+    def reparameterize(params, latent_dim, eps):
+        """(z = mu + sigma * eps, log q(z|x)) for noise eps [..., B, D]."""
+        loc, log_scale = tf.split(params, [latent_dim, latent_dim], axis=-1)
+        scale = bounded_scale(log_scale)
+        log_det = tf.reduce_sum(tf.math.log(scale), axis=-1)
+        return affine(loc, scale, eps), standard_normal_log_prob(eps) - log_det
 
 
 class FullCovarianceGaussian:
@@ -70,11 +95,23 @@ class FullCovarianceGaussian:
         return mask * l_prime + tf.linalg.diag(bounded_scale(log_scale))
 
     @classmethod
-    def new(cls, params, latent_dim):
+    def _loc_and_scale_tril(cls, params, latent_dim):
         d = latent_dim
         loc, log_scale, flat = tf.split(params, [d, d, d * d], axis=-1)
         l_prime = tf.reshape(flat, tf.concat([tf.shape(flat)[:-1], [d, d]], axis=0))
-        return tfd.MultivariateNormalTriL(loc=loc, scale_tril=cls.scale_tril(log_scale, l_prime))
+        return loc, cls.scale_tril(log_scale, l_prime)
+
+    @classmethod
+    def new(cls, params, latent_dim):
+        loc, scale_tril = cls._loc_and_scale_tril(params, latent_dim)
+        return tfd.MultivariateNormalTriL(loc=loc, scale_tril=scale_tril)
+
+    @classmethod
+    def reparameterize(cls, params, latent_dim, eps):
+        """(z = mu + L eps, log q(z|x)) for noise eps [..., B, D]; log|det L| = sum log sigma_i."""
+        loc, scale_tril = cls._loc_and_scale_tril(params, latent_dim)
+        log_det = tf.reduce_sum(tf.math.log(tf.linalg.diag_part(scale_tril)), axis=-1)
+        return affine(loc, scale_tril, eps), standard_normal_log_prob(eps) - log_det
 
 
 _FAMILIES = {family.name: family for family in (DiagonalGaussian, FullCovarianceGaussian)}

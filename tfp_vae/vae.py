@@ -28,8 +28,10 @@ Training objectives:
 many samples, in chunks so memory stays bounded whatever ``num_samples`` is.
 
 Randomness: training draws seeds from a ``keras.random.SeedGenerator``; everything
-else takes an explicit seed. ``generate(seeds)`` takes one TFP stateless seed per row
-([B, 2] int32), so row i's sample depends only on its own seed row.
+else takes an explicit seed. ``generate(seeds)`` and ``log_likelihood_from_seeds``
+take one seed row per example ([B, 2] int32): row i's noise comes from a Philox
+stream keyed by that row alone, computed for the whole batch at once
+(``tfp_vae.row_sampling``), so row i's latent draw is bit-identical in any batch.
 """
 
 import math
@@ -39,29 +41,11 @@ from tfp_vae import posteriors as posteriors_lib
 from tfp_vae import priors as priors_lib
 from tfp_vae._backend import keras, tf, tfd
 from tfp_vae._training import TermsModel, known_input_shape
+from tfp_vae import philox
+from tfp_vae.row_sampling import POSTERIOR, sample_rows, seed_rows
 
 OBJECTIVES = ("elbo", "iwae")
 KL_METHODS = ("auto", "analytic", "sampled")
-
-
-def sample_rows(distribution, seeds, dtype=tf.float32):
-    """One draw from ``distribution`` per row of ``seeds`` ([B, 2] int32) -> [B, *event].
-
-    Each row is sampled with its own TFP stateless seed, so a row's draw never depends
-    on the other rows of the batch. TFP's stateless samplers have no vectorized
-    (pfor) form, hence the map over rows.
-    """
-    return tf.map_fn(
-        lambda seed: distribution.sample(seed=seed),
-        tf.convert_to_tensor(seeds, tf.int32),
-        fn_output_signature=dtype,
-    )
-
-
-def seed_rows(seed, start, count):
-    """Seed rows (seed, start), (seed, start + 1), ... as int32 [count, 2]."""
-    index = tf.range(start, start + count, dtype=tf.int32)
-    return tf.stack([tf.fill([count], tf.cast(seed, tf.int32)), index], axis=1)
 
 
 def _flatten_leading(t, keep):
@@ -303,19 +287,16 @@ class VAE(TermsModel):
         """(log_likelihood, elbo), each [B]; row i uses only its own seed row.
 
         The serving form of ``log_likelihood``: k = ``num_samples`` posterior draws per
-        row from that row's stateless seed; ``elbo`` is the mean of the same log weights.
+        row, from noise eps keyed by that row's seed (``philox.row_normal``, stream
+        ``POSTERIOR``) pushed through ``posterior_family.reparameterize``; ``elbo`` is
+        the mean of the same log weights. No loop over rows.
         """
+        x = tf.convert_to_tensor(x, tf.float32)
         params = self.posterior_params(x)
-        q = self.posterior_family.new(params, self.latent_dim)
-        z = tf.map_fn(
-            lambda args: self.posterior_family.new(args[0], self.latent_dim).sample(
-                num_samples, seed=args[1]
-            ),
-            (params, tf.convert_to_tensor(seeds, tf.int32)),
-            fn_output_signature=tf.float32,
-        )  # [B, k, D]
-        z = tf.transpose(z, [1, 0, 2])  # [k, B, D]
-        log_w = self.decode(z).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        eps = philox.row_normal(seeds, [num_samples, self.latent_dim], POSTERIOR)  # [B, k, D]
+        eps = tf.transpose(eps, [1, 0, 2])  # [k, B, D]
+        z, log_qz = self.posterior_family.reparameterize(params, self.latent_dim, eps)
+        log_w = self.decode(z).log_prob(x) + self.prior().log_prob(z) - log_qz
         return _mean_exp_log(log_w), tf.reduce_mean(log_w, axis=0)
 
     def encode(self, x):
@@ -334,7 +315,8 @@ class VAE(TermsModel):
     def generate(self, seeds):
         """{"x": mean of p(x|z), "z": z ~ p(z)} with one sample per seed row ([B, 2] int32).
 
-        Compiled with tf.function: the per-row map would otherwise run row by row in Python.
+        z for a seed row is bit-identical in any batch; x agrees across batch sizes
+        within float32 rounding of the decoder (see ``row_sampling``).
         """
         z = sample_rows(self.prior(), seeds)
         return {"x": self.decode_mean(z), "z": z}

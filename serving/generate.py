@@ -3,10 +3,19 @@
     python -m serving.generate --target localhost:8500 --model_name vae \\
         --num-samples 100000 --batch-size 256 --seed 7 --out samples/
 
-Sample i is generated from the seed row (seed, i) -- int32 [2], a TFP
-stateless seed -- so the output depends only on the model, --seed and
---num-samples: not on batch size, concurrency, sharding across workers, or
-restarts.  Samples are written in fixed-size shards (--shard-size samples
+Sample i is generated from the seed row (seed, i) -- int32 [2] -- and
+requests are formed on a fixed grid of seed rows: request k asks for rows
+[k * B, (k + 1) * B) (B = --batch-size, the last one cut at N), whichever
+shard, worker or restart needs them.  So for the same model, --seed,
+--num-samples and --batch-size the files are byte-identical across restarts,
+kills, --concurrency, --num-shards/--shard-index and the source (a server
+that runs each request as its own batch, or --saved-model in process).  A
+different --batch-size gives the same latent z bit for bit and the decoded x
+within float32 rounding (1e-6 absolute): matrix kernels may round
+differently for different batch sizes.  A grid request that straddles two
+output shards is computed for each of them.
+
+Samples are written in fixed-size shards (--shard-size samples
 each), each written to a temporary name and renamed into place, and a
 manifest (JSON: job, shard ranges, file names, sha256) is rewritten
 atomically after every shard.  Running the same command again skips the
@@ -182,6 +191,17 @@ def plan_shards(num_samples: int, shard_size: int, fmt: str,
     return [Shard(j, j * shard_size, min((j + 1) * shard_size, num_samples),
                   shard_file_name(j, total, fmt))
             for j in range(shard_index, total, num_shards)]
+
+
+def grid_requests(shard: Shard, batch_size: int, num_samples: int) -> list:
+    """The grid requests [start, stop) that cover `shard`.
+
+    Request k is always rows [k * batch_size, (k + 1) * batch_size), cut at
+    num_samples, so a row is computed in the same batch whoever asks for it.
+    """
+    first = shard.start - shard.start % batch_size
+    return [(start, min(start + batch_size, num_samples))
+            for start in range(first, shard.stop, batch_size)]
 
 
 def seed_rows(seed: int, start: int, stop: int) -> np.ndarray:
@@ -784,7 +804,10 @@ class Job:
                     outputs = self.call_with_retries(
                         source.generate, seed_rows(args.seed, start, stop))
                     self._check_outputs(outputs, stop - start, source.outputs)
-                    self._deliver(buffers, writer, shard, start, outputs,
+                    lo, hi = max(start, shard.start), min(stop, shard.stop)
+                    outputs = {k: v[lo - start:hi - start]
+                               for k, v in outputs.items()}
+                    self._deliver(buffers, writer, shard, lo, outputs,
                                   progress)
                 except Exception as e:  # noqa: BLE001 - stops the job
                     with self._lock:
@@ -798,8 +821,9 @@ class Job:
             t.start()
         try:
             for shard in pending:
-                for start in range(shard.start, shard.stop, args.batch_size):
-                    item = (shard, start, min(start + args.batch_size, shard.stop))
+                for start, stop in grid_requests(shard, args.batch_size,
+                                                 args.num_samples):
+                    item = (shard, start, stop)
                     while not self.stop.is_set():
                         try:
                             work.put(item, timeout=0.2)

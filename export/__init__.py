@@ -5,68 +5,52 @@
     path = export.export_model(model, "models", "vae", decoder_only=True)
     report = export.validate(path, model)
 
-The signatures, layout and checks are described in ``export.contract``,
-``export.exporter`` and ``export.validation``.
+``export.contract`` is the table of signatures (TensorFlow-free); ``export.exporter``
+writes versions; ``export.validation`` checks them. Names load lazily: ``import
+export`` or ``from export import contract`` does not import TensorFlow.
 """
 
-from export.cli import add_export_arguments, add_validate_arguments, run_export, run_validate
-from export.contract import (
-    AUTOENCODER,
-    DECODE,
-    ENCODE,
-    GENERATE,
-    LOG_LIKELIHOOD,
-    RECONSTRUCT,
-    SERVING_DEFAULT,
-    VAE,
-    expected_signatures,
-    signature_spec,
-)
-from export.endpoints import ExportModelError, FrozenPrior
-from export.exporter import (
-    ExportError,
-    ExportResult,
-    export_model,
-    export_run,
-    export_run_version,
-    export_version,
-    list_versions,
-    load_run,
-    next_version,
-)
-from export.server_config import BATCHING_PARAMETERS, MODELS_CONFIG, BatchingOptions
-from export.validation import ValidationError, ValidationReport, validate
+import importlib
 
-__all__ = [
-    "AUTOENCODER",
-    "BATCHING_PARAMETERS",
-    "BatchingOptions",
-    "DECODE",
-    "ENCODE",
-    "ExportError",
-    "ExportModelError",
-    "ExportResult",
-    "FrozenPrior",
-    "GENERATE",
-    "LOG_LIKELIHOOD",
-    "MODELS_CONFIG",
-    "RECONSTRUCT",
-    "SERVING_DEFAULT",
-    "VAE",
-    "ValidationError",
-    "ValidationReport",
-    "add_export_arguments",
-    "add_validate_arguments",
-    "export_model",
-    "export_run",
-    "export_run_version",
-    "export_version",
-    "expected_signatures",
-    "list_versions",
-    "load_run",
-    "next_version",
-    "run_export",
-    "run_validate",
-    "signature_spec",
-    "validate",
-]
+_EXPORTS = {
+    "add_export_arguments": "export.cli",
+    "add_validate_arguments": "export.cli",
+    "run_export": "export.cli",
+    "run_validate": "export.cli",
+    "AUTOENCODER": "export.contract",
+    "DECODE": "export.contract",
+    "ENCODE": "export.contract",
+    "GENERATE": "export.contract",
+    "LOG_LIKELIHOOD": "export.contract",
+    "RECONSTRUCT": "export.contract",
+    "SERVING_DEFAULT": "export.contract",
+    "VAE": "export.contract",
+    "expected_signatures": "export.contract",
+    "signature_spec": "export.contract",
+    "ExportModelError": "export.endpoints",
+    "FrozenPrior": "export.endpoints",
+    "ExportError": "export.exporter",
+    "ExportResult": "export.exporter",
+    "export_model": "export.exporter",
+    "export_run": "export.exporter",
+    "export_run_version": "export.exporter",
+    "export_version": "export.exporter",
+    "list_versions": "export.exporter",
+    "load_run": "export.exporter",
+    "next_version": "export.exporter",
+    "BATCHING_PARAMETERS": "export.server_config",
+    "MODELS_CONFIG": "export.server_config",
+    "BatchingOptions": "export.server_config",
+    "ValidationError": "export.validation",
+    "ValidationReport": "export.validation",
+    "validate": "export.validation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

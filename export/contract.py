@@ -1,8 +1,14 @@
 """The serving contract of an exported model: signature names, tensor keys, dtypes, shapes.
 
-One table drives both sides: the exporter builds each endpoint's ``input_signature``
-from it, and the validator checks the written SignatureDefs and the tensors they
-return against it.
+``SIGNATURES`` is the one table of what an export serves: for each kind of model, each
+signature's name, its input and output tensors, and the model method that computes it
+(``Signature.compute``). Everything else reads it: the exporter traces ``compute`` into
+each endpoint with the table's ``input_signature``; the validator checks the written
+SignatureDefs against it and runs the same ``compute`` eagerly on the live model as
+the reference; the clients (``serving.model_methods``) take their signature names and
+tensor keys from it; the test fixtures export their model through it. Adding a
+signature is a row here plus the model method it calls. This module imports no
+TensorFlow, so a REST-only client can read it.
 
 With D the latent size, S the data shape and B the batch (always dimension 0, always
 unknown, so TF Serving's batching can merge requests):
@@ -45,17 +51,6 @@ VAE = "vae"
 AUTOENCODER = "autoencoder"
 KINDS = (VAE, AUTOENCODER)
 
-# Signatures each kind of export carries, in the order they are added.
-_SIGNATURES = {
-    (VAE, False): (SERVING_DEFAULT, DECODE, GENERATE, ENCODE, RECONSTRUCT, LOG_LIKELIHOOD),
-    (VAE, True): (SERVING_DEFAULT, DECODE, GENERATE),
-    (AUTOENCODER, False): (SERVING_DEFAULT, DECODE, ENCODE, RECONSTRUCT),
-    (AUTOENCODER, True): (SERVING_DEFAULT, DECODE),
-}
-
-# Signatures whose outputs depend on the ``seed`` input.
-SEEDED_SIGNATURES = (GENERATE, LOG_LIKELIHOOD)
-
 # The method name TF Serving's Predict API expects on every SignatureDef.
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 
@@ -88,11 +83,164 @@ class SignatureSpec:
     outputs: dict
 
 
-def expected_signatures(kind, decoder_only):
-    """The signature names an export of ``kind`` carries."""
+# Shape templates: "B" the batch (unknown), "D" the latent size, "S" the data shape
+# (expanded in place), integers as they are.
+_Z = ("float32", ("B", "D"))
+_X = ("float32", ("B", "S"))
+_SEED = ("int32", ("B", 2))
+_PER_ROW = ("float32", ("B",))
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """One row of the table: a signature's tensors and the model method behind it.
+
+    ``compute(model, options, **inputs)`` returns the outputs as a dict of tensors; the
+    exporter traces it into the SavedModel and the validator runs it eagerly on the
+    live model as the reference. ``options`` carries export-time settings
+    (``num_ll_samples``).
+    """
+
+    name: str
+    inputs: tuple  # ((key, (dtype, shape template)), ...) in argument order
+    outputs: tuple
+    compute: object
+    decoder_only: bool  # carried by a decoder-only export too
+
+    def spec(self, latent_dim, data_shape):
+        """The SignatureSpec for latent size D and data shape S."""
+        return SignatureSpec(
+            self.name,
+            {key: _resolve(t, latent_dim, data_shape) for key, t in self.inputs},
+            {key: _resolve(t, latent_dim, data_shape) for key, t in self.outputs},
+        )
+
+    @property
+    def input_keys(self):
+        return tuple(key for key, _ in self.inputs)
+
+    @property
+    def output_keys(self):
+        return tuple(key for key, _ in self.outputs)
+
+
+def _resolve(template, latent_dim, data_shape):
+    dtype, dims = template
+    shape = []
+    for dim in dims:
+        if dim == "B":
+            shape.append(None)
+        elif dim == "D":
+            shape.append(int(latent_dim))
+        elif dim == "S":
+            shape.extend(int(v) for v in data_shape)
+        else:
+            shape.append(int(dim))
+    return TensorSpec(dtype, tuple(shape))
+
+
+def _vae_encode(model, options, x):
+    q = model.posterior(x)
+    return {"loc": q.mean(), "scale_tril": q.scale.to_dense()}
+
+
+def _log_likelihood(model, options, x, seed):
+    ll, elbo = model.log_likelihood_from_seeds(x, seed, options["num_ll_samples"])
+    return {"log_likelihood": ll, "elbo": elbo}
+
+
+def _decode(model, options, z):
+    return {"mean": model.decode_mean(z)}
+
+
+_DECODE_ROW = dict(inputs=(("z", _Z),), outputs=(("mean", _X),), compute=_decode, decoder_only=True)
+
+# THE TABLE. Adding a signature: a row here (and the model method it calls).
+SIGNATURES = {
+    VAE: (
+        Signature(SERVING_DEFAULT, **_DECODE_ROW),
+        Signature(DECODE, **_DECODE_ROW),
+        Signature(
+            GENERATE,
+            inputs=(("seed", _SEED),),
+            outputs=(("x", _X), ("z", _Z)),
+            compute=lambda model, options, seed: model.generate(seed),
+            decoder_only=True,
+        ),
+        Signature(
+            ENCODE,
+            inputs=(("x", _X),),
+            outputs=(("loc", _Z), ("scale_tril", ("float32", ("B", "D", "D")))),
+            compute=_vae_encode,
+            decoder_only=False,
+        ),
+        Signature(
+            RECONSTRUCT,
+            inputs=(("x", _X),),
+            outputs=(("mean", _X),),
+            compute=lambda model, options, x: {"mean": model.reconstruct(x)},
+            decoder_only=False,
+        ),
+        Signature(
+            LOG_LIKELIHOOD,
+            inputs=(("x", _X), ("seed", _SEED)),
+            outputs=(("log_likelihood", _PER_ROW), ("elbo", _PER_ROW)),
+            compute=_log_likelihood,
+            decoder_only=False,
+        ),
+    ),
+    # A plain autoencoder has no distribution: ``encode`` returns the code itself, and
+    # there is no prior to sample (no ``generate``) and no likelihood.
+    AUTOENCODER: (
+        Signature(SERVING_DEFAULT, **_DECODE_ROW),
+        Signature(DECODE, **_DECODE_ROW),
+        Signature(
+            ENCODE,
+            inputs=(("x", _X),),
+            outputs=(("code", _Z),),
+            compute=lambda model, options, x: {"code": model.encode(x)},
+            decoder_only=False,
+        ),
+        Signature(
+            RECONSTRUCT,
+            inputs=(("x", _X),),
+            outputs=(("mean", _X),),
+            compute=lambda model, options, x: {"mean": model.reconstruct(x)},
+            decoder_only=False,
+        ),
+    ),
+}
+
+# Signatures whose outputs depend on the ``seed`` input.
+SEEDED_SIGNATURES = tuple(
+    row.name for row in SIGNATURES[VAE] if any(key == "seed" for key, _ in row.inputs)
+)
+
+
+def _check_kind(kind):
     if kind not in KINDS:
         raise ValueError(f"Unknown model kind {kind!r}; expected one of {list(KINDS)}.")
-    return _SIGNATURES[(kind, bool(decoder_only))]
+
+
+def signatures(kind, decoder_only=False):
+    """The table rows an export of ``kind`` carries, in the order they are added."""
+    _check_kind(kind)
+    return tuple(row for row in SIGNATURES[kind] if row.decoder_only or not decoder_only)
+
+
+def signature(name, kind=VAE):
+    """The table row of signature ``name`` for ``kind``."""
+    _check_kind(kind)
+    for row in SIGNATURES[kind]:
+        if row.name == name:
+            return row
+    names = sorted({row.name for rows in SIGNATURES.values() for row in rows})
+    raise ValueError(f"Unknown signature {name!r}; expected one of {names}.")
+
+
+def expected_signatures(kind, decoder_only):
+    """The signature names an export of ``kind`` carries."""
+    return tuple(row.name for row in signatures(kind, decoder_only))
 
 
 def infer_kind(signature_names, encode_outputs=None):
@@ -102,11 +250,12 @@ def infer_kind(signature_names, encode_outputs=None):
     would carry the same names.
     """
     names = set(signature_names)
-    for (kind, decoder_only), expected in _SIGNATURES.items():
-        if names == set(expected):
+    for kind in KINDS:
+        for decoder_only in (False, True):
+            if names != set(expected_signatures(kind, decoder_only)):
+                continue
             if ENCODE in names and encode_outputs is not None:
-                want = set(signature_spec(ENCODE, kind, 1, (1,)).outputs)
-                if set(encode_outputs) != want:
+                if set(encode_outputs) != set(signature(ENCODE, kind).output_keys):
                     continue
             return kind, decoder_only
     return None
@@ -114,31 +263,7 @@ def infer_kind(signature_names, encode_outputs=None):
 
 def signature_spec(name, kind, latent_dim, data_shape):
     """The SignatureSpec of signature ``name`` for a model with latent size D and data shape S."""
-    d = int(latent_dim)
-    s = tuple(int(v) for v in data_shape)
-    z = TensorSpec("float32", (None, d))
-    x = TensorSpec("float32", (None, *s))
-    seed = TensorSpec("int32", (None, 2))
-    if name in (SERVING_DEFAULT, DECODE):
-        return SignatureSpec(name, {"z": z}, {"mean": x})
-    if name == GENERATE:
-        return SignatureSpec(name, {"seed": seed}, {"x": x, "z": z})
-    if name == ENCODE:
-        if kind == AUTOENCODER:
-            return SignatureSpec(name, {"x": x}, {"code": z})
-        return SignatureSpec(
-            name, {"x": x}, {"loc": z, "scale_tril": TensorSpec("float32", (None, d, d))}
-        )
-    if name == RECONSTRUCT:
-        return SignatureSpec(name, {"x": x}, {"mean": x})
-    if name == LOG_LIKELIHOOD:
-        scalar = TensorSpec("float32", (None,))
-        return SignatureSpec(
-            name, {"x": x, "seed": seed}, {"log_likelihood": scalar, "elbo": scalar}
-        )
-    raise ValueError(
-        f"Unknown signature {name!r}; expected one of {sorted(set(sum(_SIGNATURES.values(), ())))}."
-    )
+    return signature(name, kind).spec(latent_dim, data_shape)
 
 
 def example_inputs(spec, batch_size, seed=0, seed_offset=0):

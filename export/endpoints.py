@@ -1,10 +1,11 @@
 """Serving endpoints built from a model's own methods.
 
 ``plan(model, decoder_only, num_ll_samples)`` returns what the exporter hands to
-``keras.export.ExportArchive``: the layers to ``track`` and, for each signature of the
-contract (``export.contract``), a function of the signature's inputs returning a dict of
-tensors. Nothing here draws randomness of its own: every sample comes from TFP's
-stateless samplers, driven row by row by the ``seed`` input.
+``keras.export.ExportArchive``: the layers to ``track`` and, for each row of the
+signature table (``export.contract.SIGNATURES``), the row's ``compute`` as a function
+of the signature's inputs returning a dict of tensors. Nothing here draws randomness
+of its own: every sample comes from the per-row sampler (``tfp_vae.row_sampling``),
+keyed by the ``seed`` input.
 
 A decoder-only export must not carry the encoder. ``generate`` needs only the prior
 and the decoder, except for the VampPrior, whose components q(z | u_k) are the encoder
@@ -193,117 +194,67 @@ def _no_encoder(_):
     )
 
 
-def _vae_plan(model, decoder_only, num_ll_samples, latent_dim, data_shape):
-    from tfp_vae.priors import VampPrior
+class DecoderOnlyVAE:
+    """What a decoder-only export of a VAE sees: the decoder and the prior, no encoder.
 
-    kind = contract.VAE
-    specs = {
-        n: contract.signature_spec(n, kind, latent_dim, data_shape)
-        for n in contract.expected_signatures(kind, decoder_only)
-    }
+    ``decode_mean`` and ``generate`` are the model's own; the prior is the model's prior
+    layer, except for a VampPrior, whose components (the encoder at the pseudo-inputs)
+    are evaluated once and frozen into a ``FrozenPrior``.
+    """
 
-    def decode(z):
-        return _shaped({"mean": model.decode_mean(z)}, specs[contract.DECODE])
+    def __init__(self, model):
+        from tfp_vae.priors import VampPrior
 
-    track = [model.decoder, model.likelihood_layer]
-    manifest = {
-        "prior": type(model.prior_layer).__name__,
-        "posterior": model.posterior_family.name,
-        "likelihood": type(model.likelihood_layer).__name__,
-    }
-    if decoder_only:
+        self.model = model
         if isinstance(model.prior_layer, VampPrior):
-            prior_source = FrozenPrior.from_distribution(model.prior())
-            prior_fn = prior_source.distribution
-            manifest["prior_frozen"] = True
+            self.prior_source = FrozenPrior.from_distribution(model.prior())
+            self.prior = self.prior_source.distribution
         else:
-            prior_source = model.prior_layer
+            self.prior_source = model.prior_layer
+            self.prior = lambda: model.prior_layer.distribution(posterior_fn=_no_encoder)
 
-            def prior_fn():
-                return model.prior_layer.distribution(posterior_fn=_no_encoder)
+    def decode_mean(self, z):
+        return self.model.decode_mean(z)
 
-        track.append(prior_source)
+    def generate(self, seeds):
+        z = sample_rows(self.prior(), seeds)
+        return {"x": self.model.decode_mean(z), "z": z}
 
-        def generate(seed):
-            z = sample_rows(prior_fn(), seed)
-            return _shaped({"x": model.decode_mean(z), "z": z}, specs[contract.GENERATE])
 
-        manifest["encoder_variables"] = encoder_variable_paths(model, kind)
-    else:
-        track += [model.encoder, model.posterior_head, model.prior_layer]
-
-        def generate(seed):
-            return _shaped(model.generate(seed), specs[contract.GENERATE])
-
-    functions = {
-        contract.SERVING_DEFAULT: decode,
-        contract.DECODE: decode,
-        contract.GENERATE: generate,
-    }
-
+def _tracked_layers(model, kind, decoder_only, view):
+    if kind == contract.VAE:
+        track = [model.decoder, model.likelihood_layer]
+        if decoder_only:
+            return track + [view.prior_source]
+        return track + [model.encoder, model.posterior_head, model.prior_layer]
     if not decoder_only:
-
-        def encode(x):
-            q = model.posterior(x)
-            return _shaped(
-                {"loc": q.mean(), "scale_tril": q.scale.to_dense()}, specs[contract.ENCODE]
-            )
-
-        def reconstruct(x):
-            return _shaped({"mean": model.reconstruct(x)}, specs[contract.RECONSTRUCT])
-
-        def log_likelihood(x, seed):
-            ll, elbo = model.log_likelihood_from_seeds(x, seed, num_ll_samples)
-            return _shaped({"log_likelihood": ll, "elbo": elbo}, specs[contract.LOG_LIKELIHOOD])
-
-        functions.update(
-            {
-                contract.ENCODE: encode,
-                contract.RECONSTRUCT: reconstruct,
-                contract.LOG_LIKELIHOOD: log_likelihood,
-            }
+        return [model]
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, keras.layers.Layer):
+        raise ExportModelError(
+            f"A decoder-only export of a {type(model).__name__} needs its decoder as "
+            f"model.decoder (a Keras layer); got {decoder!r}."
         )
-        manifest["num_ll_samples"] = num_ll_samples
-    return track, {n: (functions[n], specs[n]) for n in specs}, manifest
+    return [decoder]
 
 
-def _autoencoder_plan(model, decoder_only, latent_dim, data_shape):
-    kind = contract.AUTOENCODER
-    specs = {
-        n: contract.signature_spec(n, kind, latent_dim, data_shape)
-        for n in contract.expected_signatures(kind, decoder_only)
-    }
-    decode_method = getattr(model, "decode_mean", None) or model.decode
+def _endpoint(row, spec, source, options):
+    """The function of the signature's inputs that the archive traces for ``row``."""
+    keys = row.input_keys
 
-    def decode(z):
-        return _shaped({"mean": decode_method(z)}, specs[contract.DECODE])
+    def endpoint(*args):
+        return _shaped(row.compute(source, options, **dict(zip(keys, args))), spec)
 
-    functions = {contract.SERVING_DEFAULT: decode, contract.DECODE: decode}
-    manifest = {}
-    if decoder_only:
-        decoder = getattr(model, "decoder", None)
-        if not isinstance(decoder, keras.layers.Layer):
-            raise ExportModelError(
-                f"A decoder-only export of a {type(model).__name__} needs its decoder as "
-                f"model.decoder (a Keras layer); got {decoder!r}."
-            )
-        track = [decoder]
-        manifest["encoder_variables"] = encoder_variable_paths(model, kind)
-    else:
-        track = [model]
-
-        def encode(x):
-            return _shaped({"code": model.encode(x)}, specs[contract.ENCODE])
-
-        def reconstruct(x):
-            return _shaped({"mean": model.reconstruct(x)}, specs[contract.RECONSTRUCT])
-
-        functions.update({contract.ENCODE: encode, contract.RECONSTRUCT: reconstruct})
-    return track, {n: (functions[n], specs[n]) for n in specs}, manifest
+    endpoint.__name__ = row.name
+    return endpoint
 
 
 def plan(model, decoder_only=False, num_ll_samples=100):
-    """The ExportPlan for ``model`` (a built tfp_vae.VAE or autoencoder)."""
+    """The ExportPlan for ``model`` (a built tfp_vae.VAE or autoencoder).
+
+    One endpoint per row of ``export.contract.SIGNATURES`` for the model's kind: the
+    row's ``compute`` applied to the model (or, decoder-only, to a ``DecoderOnlyVAE``).
+    """
     if (
         not isinstance(num_ll_samples, int)
         or isinstance(num_ll_samples, bool)
@@ -314,18 +265,32 @@ def plan(model, decoder_only=False, num_ll_samples=100):
         )
     kind = model_kind(model)
     latent_dim, data_shape = model_shapes(model)
+    rows = contract.signatures(kind, decoder_only)
+    view = DecoderOnlyVAE(model) if (kind == contract.VAE and decoder_only) else model
+    options = {"num_ll_samples": num_ll_samples}
+    functions = {}
+    for row in rows:
+        spec = row.spec(latent_dim, data_shape)
+        functions[row.name] = (_endpoint(row, spec, view, options), spec)
+    manifest = {}
     if kind == contract.VAE:
-        track, functions, manifest = _vae_plan(
-            model, decoder_only, num_ll_samples, latent_dim, data_shape
+        manifest.update(
+            prior=type(model.prior_layer).__name__,
+            posterior=model.posterior_family.name,
+            likelihood=type(model.likelihood_layer).__name__,
         )
-    else:
-        track, functions, manifest = _autoencoder_plan(model, decoder_only, latent_dim, data_shape)
+        if not decoder_only:
+            manifest["num_ll_samples"] = num_ll_samples
+        elif isinstance(view.prior_source, FrozenPrior):
+            manifest["prior_frozen"] = True
+    if decoder_only:
+        manifest["encoder_variables"] = encoder_variable_paths(model, kind)
     return ExportPlan(
         kind=kind,
         decoder_only=bool(decoder_only),
         latent_dim=latent_dim,
         data_shape=data_shape,
-        track=track,
+        track=_tracked_layers(model, kind, decoder_only, view),
         functions=functions,
         manifest=manifest,
     )

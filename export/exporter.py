@@ -12,10 +12,10 @@ Layout (what ``tensorflow_model_server`` reads)::
             assets.extra/tfp_vae_export.json     what was exported (kind, shapes, k, ...)
         2/ ...
 
-A version is written under ``BASE/NAME/.tmp-<version>-<pid>-<random>`` (a name TF
+A version is written under ``BASE/NAME/.<version>.tmp-<pid>-<random>`` (a name TF
 Serving ignores: it only loads children whose names are integers), validated there,
 and only then renamed to ``BASE/NAME/<version>`` in one ``os.rename`` on the same file
-system, so a server polling the base path never sees half a version. If anything
+system (``tfp_vae.files.atomic_directory``), so a server polling the base path never sees half a version. If anything
 fails or is interrupted the temporary directory is removed; one left behind by a
 killed process is never mistaken for a version, and is removed by the next export
 once its process is gone. An existing version is never overwritten. Concurrent
@@ -29,14 +29,11 @@ import json
 import numbers
 import os
 import re
-import shutil
-import uuid
 
-from export import contract, endpoints, server_config, validation, warmup
+from export import contract, endpoints, saved_contract, server_config, validation, warmup
+from tfp_vae import files
 
-TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".export.lock"
-_TMP_NAME = re.compile(r"^\.tmp-(\d+)-(\d+)-[0-9a-f]+$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_NUM_LL_SAMPLES = 100
 
@@ -75,29 +72,9 @@ def next_version(model_dir):
     return versions[-1] + 1 if versions else 1
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(model_dir):
-    """Removes temporary export directories whose process is gone; returns their paths."""
-    removed = []
-    if not os.path.isdir(model_dir):
-        return removed
-    for entry in sorted(os.listdir(model_dir)):
-        match = _TMP_NAME.match(entry)
-        if not match or int(match.group(2)) == os.getpid() or _pid_alive(int(match.group(2))):
-            continue
-        path = os.path.join(model_dir, entry)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    """Removes temporary version directories whose process is gone; returns their paths."""
+    return files.remove_stale_temporaries(model_dir)
 
 
 @contextlib.contextmanager
@@ -179,7 +156,7 @@ def _write_version(tmp, model, plan, name, warmup_batch_size, extra_manifest):
             for signature, (_, spec) in plan.functions.items()
         },
     )
-    with open(os.path.join(tmp, warmup.ASSETS_EXTRA, validation.MANIFEST_FILE), "w") as f:
+    with open(os.path.join(tmp, warmup.ASSETS_EXTRA, saved_contract.MANIFEST_FILE), "w") as f:
         json.dump(_manifest(plan, name, extra_manifest), f, indent=2, sort_keys=True)
 
 
@@ -221,30 +198,26 @@ def export_version(
             version = next_version(model_dir)
         version = _check_version(version, model_dir)
         final = os.path.join(model_dir, str(version))
-        tmp = os.path.join(model_dir, f"{TMP_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         report = None
         try:
-            _write_version(tmp, model, plan, name, warmup_batch_size, extra_manifest)
-            if validate:
-                report = validation.validate(
-                    tmp,
-                    model,
-                    session_check=session_check,
-                    expect_version_name=False,
-                    raise_on_failure=False,
-                )
-                report.version_dir = final
-                if not report.ok:
-                    report.not_written = True
-                    raise validation.ValidationError(report)
-            if os.path.exists(final):  # appeared while we were writing
-                raise ExportError(
-                    f"Version {version} appeared at {final} during the export; not overwritten."
-                )
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            with files.atomic_directory(final) as tmp:
+                _write_version(tmp, model, plan, name, warmup_batch_size, extra_manifest)
+                if validate:
+                    report = validation.validate(
+                        tmp,
+                        model,
+                        session_check=session_check,
+                        expect_version_name=False,
+                        raise_on_failure=False,
+                    )
+                    report.version_dir = final
+                    if not report.ok:
+                        report.not_written = True
+                        raise validation.ValidationError(report)
+        except FileExistsError:  # appeared while we were writing
+            raise ExportError(
+                f"Version {version} appeared at {final} during the export; not overwritten."
+            ) from None
         paths = server_config.write_server_configs(
             model_dir, name, server_base_path, num_versions, batching
         )

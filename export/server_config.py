@@ -10,20 +10,19 @@
     ``--enable_batching --batching_parameters_file``. ``allowed_batch_sizes`` must
     increase and end at ``max_batch_size`` (TF Serving refuses the file otherwise).
 
-``tensorflow-serving-api`` ships ``ModelServerConfig`` but not ``BatchingParameters``
-(it lives in ``tensorflow_serving/servables/tensorflow/session_bundle_config.proto``,
-which the pip package leaves out); ``serving.config.batching_parameters_class`` builds
-it, and the local server parses the file with that same class.
+``tensorflow-serving-api`` ships ``ModelServerConfig`` but not ``BatchingParameters``;
+``export.batching_proto`` builds it, and the local server parses the file with that
+same class.
 """
 
 import dataclasses
 import os
-import tempfile
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.config import batching_parameters_class
+from export.batching_proto import batching_parameters_class
+from tfp_vae import files
 
 MODELS_CONFIG = "models.config"
 BATCHING_PARAMETERS = "batching_parameters.txt"
@@ -106,20 +105,6 @@ def models_config(name, server_base_path, num_versions=1):
     return config
 
 
-def _write_text_atomically(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_server_configs(model_dir, name, server_base_path=None, num_versions=1, batching=None):
     """Writes models.config and batching_parameters.txt into ``model_dir`` (BASE/NAME).
 
@@ -132,8 +117,8 @@ def write_server_configs(model_dir, name, server_base_path=None, num_versions=1,
         "models_config": os.path.join(model_dir, MODELS_CONFIG),
         "batching_parameters": os.path.join(model_dir, BATCHING_PARAMETERS),
     }
-    _write_text_atomically(paths["models_config"], text_format.MessageToString(config))
-    _write_text_atomically(
+    files.write_atomically(paths["models_config"], text_format.MessageToString(config))
+    files.write_atomically(
         paths["batching_parameters"], text_format.MessageToString(batching.to_proto())
     )
     return paths

@@ -1,13 +1,10 @@
-"""Test fixtures for the serving tests: contract-shaped SavedModels and servers.
+"""Test fixtures for the serving tests: exported models and servers.
 
-`build_model_version` is the one place that produces a model directory.  It
-writes ``BASE/<version>/`` with ``saved_model.pb``, ``variables/`` and
-``assets.extra/tf_serving_warmup_requests``, carrying the signatures of the
-"Exported SavedModel" table in SPEC.md (``serving_default``, ``decode``,
-``generate``, ``encode``, ``reconstruct``, ``log_likelihood``).  The model is
-small and deterministic: a dense (or, for benchmarks, convolutional) decoder
-with Bernoulli means, a full-covariance Gaussian encoder, and stateless
-per-row sampling so the same seed row always gives the same sample.
+`build_model_version` is the one place that produces a model directory: a small
+`tfp_vae.VAE` (`make_model`) exported by `export.exporter`, so its signatures,
+tensor keys and methods are the rows of `export.contract.SIGNATURES`, with
+warmup records, under ``BASE/<version>/``.  Sampling is the library's per-row
+sampler, so the same seed row always gives the same sample.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import math
 import os
 import re
 import shutil
@@ -36,8 +32,9 @@ if REPO_ROOT not in sys.path:
 LATENT_DIM = 2
 DATA_SHAPE = (4, 4)
 NUM_IMPORTANCE_SAMPLES = 8
-SIGNATURES = ("serving_default", "decode", "generate", "encode", "reconstruct",
-              "log_likelihood")
+from export import contract  # noqa: E402  (TensorFlow-free)
+
+SIGNATURES = contract.expected_signatures(contract.VAE, decoder_only=False)
 
 
 def subprocess_env() -> dict:
@@ -54,172 +51,42 @@ def subprocess_env() -> dict:
 # The model.
 # ---------------------------------------------------------------------------
 
-def _make_module(latent_dim: int, data_shape: tuple, variant: int,
-                 network: str):
-    import tensorflow as tf
-    import tensorflow_probability as tfp
+def make_model(latent_dim: int, data_shape: tuple, variant: int, network: str):
+    """A small tfp_vae.VAE (full-covariance posterior, N(0, I) prior, Bernoulli).
 
-    tfd = tfp.distributions
-    from tfp_vae import row_sampling
-    d = latent_dim
-    n = int(np.prod(data_shape))
-    rng = np.random.default_rng(1000 + variant)
+    `variant` seeds the weights, so versions built with different variants
+    answer differently.
+    """
+    import keras
 
-    def var(*shape, scale=1.0, shift=0.0):
-        return tf.Variable((rng.normal(size=shape) * scale + shift)
-                           .astype(np.float32))
+    import tfp_vae
 
-    class ContractModel(tf.Module):
-        """Encoder, decoder and prior of a small VAE, as TF functions."""
-
-        def __init__(self):
-            super().__init__()
-            if network == "dense":
-                self.dec_w = var(d, n)
-                # `variant` shifts the decoder output so versions differ.
-                self.dec_b = var(n, scale=0.1, shift=float(variant))
-                self.enc_w = var(n, 2 * d + d * d, scale=1.0 / math.sqrt(n))
-            elif network == "conv":
-                if len(data_shape) != 3 or data_shape[0] % 8 or data_shape[1] % 8:
-                    raise ValueError(
-                        f"conv fixture needs data_shape (H, W, C) with H, W "
-                        f"multiples of 8; got {data_shape}")
-                h, w, c = data_shape
-                self.h0, self.w0 = h // 8, w // 8
-                self.dec_dense = var(d, self.h0 * self.w0 * 128, scale=0.5)
-                self.dec_dense_b = var(self.h0 * self.w0 * 128, scale=0.0,
-                                       shift=float(variant))
-                self.dec_t = [var(3, 3, 128, 128, scale=0.05),
-                              var(3, 3, 64, 128, scale=0.05),
-                              var(3, 3, 32, 64, scale=0.05)]
-                self.dec_out = var(3, 3, 32, c, scale=0.05)
-                self.enc_c = [var(3, 3, c, 32, scale=0.2),
-                              var(3, 3, 32, 64, scale=0.05),
-                              var(3, 3, 64, 128, scale=0.05)]
-                self.enc_w = var(self.h0 * self.w0 * 128, 2 * d + d * d,
-                                 scale=0.01)
-            else:
-                raise ValueError(f"network must be 'dense' or 'conv'; got "
-                                 f"{network!r}")
-
-        # -- building blocks -------------------------------------------------
-        def decoder_logits(self, z):
-            if network == "dense":
-                return tf.reshape(tf.matmul(z, self.dec_w) + self.dec_b,
-                                  [-1, *data_shape])
-            b = tf.shape(z)[0]
-            h = tf.nn.relu(tf.matmul(z, self.dec_dense) + self.dec_dense_b)
-            h = tf.reshape(h, [b, self.h0, self.w0, 128])
-            size_h, size_w = self.h0, self.w0
-            for kernel in self.dec_t:
-                size_h, size_w = size_h * 2, size_w * 2
-                h = tf.nn.relu(tf.nn.conv2d_transpose(
-                    h, kernel, [b, size_h, size_w, kernel.shape[2]], 2,
-                    padding="SAME"))
-            return tf.nn.conv2d(h, self.dec_out, 1, padding="SAME")
-
-        def posterior_params(self, x):
-            if network == "dense":
-                hid = tf.matmul(tf.reshape(x, [-1, n]), self.enc_w)
-            else:
-                h = x
-                for kernel in self.enc_c:
-                    h = tf.nn.relu(tf.nn.conv2d(h, kernel, 2, padding="SAME"))
-                hid = tf.matmul(tf.reshape(h, [tf.shape(x)[0], -1]),
-                                self.enc_w)
-            loc = hid[:, :d]
-            diag = tf.nn.softplus(hid[:, d:2 * d]) + 1e-3
-            off = tf.reshape(hid[:, 2 * d:], [-1, d, d])
-            strictly_lower = (tf.linalg.band_part(off, -1, 0)
-                              - tf.linalg.band_part(off, 0, 0))
-            return loc, strictly_lower + tf.linalg.diag(diag)
-
-        # -- signatures ------------------------------------------------------
-        @tf.function(input_signature=[tf.TensorSpec([None, d], tf.float32)])
-        def decode(self, z):
-            return {"mean": tf.sigmoid(self.decoder_logits(z))}
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32)])
-        def generate(self, seed):
-            prior = tfd.MultivariateNormalDiag(tf.zeros([d]), tf.ones([d]))
-            z = row_sampling.sample_rows(prior, seed)
-            return {"x": tf.sigmoid(self.decoder_logits(z)), "z": z}
-
-        @tf.function(input_signature=[
-            tf.TensorSpec([None, *data_shape], tf.float32)])
-        def encode(self, x):
-            loc, scale_tril = self.posterior_params(x)
-            return {"loc": loc, "scale_tril": scale_tril}
-
-        @tf.function(input_signature=[
-            tf.TensorSpec([None, *data_shape], tf.float32)])
-        def reconstruct(self, x):
-            loc, _ = self.posterior_params(x)
-            return {"mean": tf.sigmoid(self.decoder_logits(loc))}
-
-        @tf.function(input_signature=[
-            tf.TensorSpec([None, *data_shape], tf.float32),
-            tf.TensorSpec([None, 2], tf.int32)])
-        def log_likelihood(self, x, seed):
-            loc, scale_tril = self.posterior_params(x)
-            prior = tfd.MultivariateNormalDiag(tf.zeros([d]), tf.ones([d]))
-
-            q = tfd.MultivariateNormalTriL(loc, scale_tril)
-            z = row_sampling.sample_rows(q, seed, (NUM_IMPORTANCE_SAMPLES,),
-                                         row_sampling.POSTERIOR)
-            z = tf.transpose(z, [1, 0, 2])  # [k, B, d]
-            logits = tf.reshape(self.decoder_logits(tf.reshape(z, [-1, d])),
-                                [NUM_IMPORTANCE_SAMPLES, -1, *data_shape])
-            likelihood = tfd.Independent(
-                tfd.Bernoulli(logits=logits),
-                reinterpreted_batch_ndims=len(data_shape))
-            log_w = (likelihood.log_prob(x) + prior.log_prob(z)
-                     - q.log_prob(z))
-            return {"log_likelihood": tf.reduce_logsumexp(log_w, 0)
-                    - math.log(NUM_IMPORTANCE_SAMPLES),
-                    "elbo": tf.reduce_mean(log_w, 0)}
-
-    return ContractModel()
+    networks = {"dense": "mlp", "conv": "conv"}
+    if network not in networks:
+        raise ValueError(f"network must be 'dense' or 'conv'; got {network!r}")
+    keras.utils.set_random_seed(1000 + variant)
+    kwargs = {"hidden": (16,)} if network == "dense" else {}
+    encoder, decoder = tfp_vae.networks.build(networks[network], latent_dim,
+                                              tuple(data_shape), **kwargs)
+    return tfp_vae.VAE(encoder, decoder, latent_dim=latent_dim, posterior="tril")
 
 
 def example_inputs(batch: int, *, latent_dim: int = LATENT_DIM,
                    data_shape: tuple = DATA_SHAPE, seed: int = 0) -> dict:
-    """Inputs of every signature for a batch of `batch` rows."""
+    """Inputs of every signature for a batch of `batch` rows, keyed as the table keys them.
+
+    x is binary (valid under the Bernoulli likelihood), z standard normal, and
+    seed row i is (seed, i).
+    """
     rng = np.random.default_rng(seed)
-    x = (rng.random((batch, *data_shape)) > 0.5).astype(np.float32)
-    seeds = np.stack([np.full(batch, seed, np.int32),
-                      np.arange(batch, dtype=np.int32)], axis=1)
-    z = rng.normal(size=(batch, latent_dim)).astype(np.float32)
-    return {
-        "serving_default": {"z": z},
-        "decode": {"z": z},
-        "generate": {"seed": seeds},
-        "encode": {"x": x},
-        "reconstruct": {"x": x},
-        "log_likelihood": {"x": x, "seed": seeds},
+    values = {
+        "x": (rng.random((batch, *data_shape)) > 0.5).astype(np.float32),
+        "seed": np.stack([np.full(batch, seed, np.int32),
+                          np.arange(batch, dtype=np.int32)], axis=1),
+        "z": rng.normal(size=(batch, latent_dim)).astype(np.float32),
     }
-
-
-def write_warmup_requests(version_dir: str, model_name: str,
-                          inputs_by_signature: dict) -> str:
-    """Writes assets.extra/tf_serving_warmup_requests as PredictionLog records."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    extra = os.path.join(version_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    path = os.path.join(extra, "tf_serving_warmup_requests")
-    with tf.io.TFRecordWriter(path) as writer:
-        for signature, inputs in sorted(inputs_by_signature.items()):
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature
-            for key, value in inputs.items():
-                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-    return path
+    return {row.name: {key: values[key] for key in row.input_keys}
+            for row in contract.signatures(contract.VAE)}
 
 
 def build_model_version(base_path: str, version: int, *, variant: int = 0,
@@ -227,30 +94,27 @@ def build_model_version(base_path: str, version: int, *, variant: int = 0,
                         latent_dim: int = LATENT_DIM,
                         data_shape: tuple = DATA_SHAPE,
                         warmup: bool = True) -> str:
-    """Writes one servable version to BASE/<version>/ and returns its path.
+    """Exports one version of `make_model` to BASE/<version>/; returns its path.
 
-    The version is written under a temporary name and renamed into place, as
-    an exporter should, so a polling server never sees half a version.
+    The exporter (signatures from `export.contract`, warmup records, atomic
+    rename) writes it under a scratch BASE'/<model_name>/, and it is renamed
+    into `base_path`, so a polling server never sees half a version.
     """
-    import tensorflow as tf
+    from export import exporter, warmup as warmup_lib
 
-    module = _make_module(latent_dim, tuple(data_shape), variant, network)
-    final = os.path.join(base_path, str(version))
-    tmp = os.path.join(base_path, f".tmp-{version}-{os.getpid()}")
-    signatures = {
-        "serving_default": module.decode.get_concrete_function(),
-        "decode": module.decode.get_concrete_function(),
-        "generate": module.generate.get_concrete_function(),
-        "encode": module.encode.get_concrete_function(),
-        "reconstruct": module.reconstruct.get_concrete_function(),
-        "log_likelihood": module.log_likelihood.get_concrete_function(),
-    }
+    model = make_model(latent_dim, tuple(data_shape), variant, network)
     os.makedirs(base_path, exist_ok=True)
-    tf.saved_model.save(module, tmp, signatures=signatures)
-    if warmup:
-        inputs = example_inputs(2, latent_dim=latent_dim, data_shape=data_shape)
-        write_warmup_requests(tmp, model_name, inputs)
-    os.replace(tmp, final)
+    scratch = tempfile.mkdtemp(prefix=".export-", dir=base_path)
+    try:
+        path = exporter.export_model(
+            model, scratch, model_name, version, validate=False,
+            num_ll_samples=NUM_IMPORTANCE_SAMPLES)
+        if not warmup:
+            os.remove(warmup_lib.warmup_path(path))
+        final = os.path.join(base_path, str(version))
+        os.replace(path, final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return final
 
 

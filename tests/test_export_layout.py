@@ -19,7 +19,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 import export
 import tfp_vae
-from export import contract, exporter, server_config, validation, warmup
+from export import contract, exporter, saved_contract, server_config, validation, warmup
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_SHAPE = (8, 8, 1)
@@ -116,7 +116,7 @@ def test_interrupted_export_leaves_no_version(tmp_path, monkeypatch):
     monkeypatch.setattr(validation, "validate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export.export_model(make_vae(), tmp_path, "vae")
-    assert os.path.basename(seen["tmp"]).startswith(".tmp-1-")
+    assert os.path.basename(seen["tmp"]).startswith(".1.tmp-")
     assert not os.path.exists(seen["tmp"])
     assert entries(tmp_path / "vae") == [".export.lock"]  # no version, no temp, no configs
     assert export.list_versions(tmp_path / "vae") == []
@@ -190,9 +190,9 @@ def test_killed_export_leaves_no_version_and_is_cleaned_up(tmp_path):
 
 def test_temporary_directory_of_a_live_process_is_kept(tmp_path):
     model_dir = tmp_path / "vae"
-    live = model_dir / f".tmp-4-{os.getppid()}-abcdef12"
+    live = model_dir / f".4.tmp-{os.getppid()}-abcdef12"
     live.mkdir(parents=True)
-    gone = model_dir / ".tmp-5-999999999-abcdef12"  # no such pid
+    gone = model_dir / ".5.tmp-999999999-abcdef12"  # no such pid
     gone.mkdir()
     assert exporter.remove_stale_temporaries(model_dir) == [str(gone)]
     assert live.exists() and not gone.exists()
@@ -403,7 +403,7 @@ def test_cli_export_then_validate(tmp_path):
             base / "vae" / "batching_parameters.txt"
         ).allowed_batch_sizes
     ) == [16, 64]
-    assert validation.read_manifest(base / "vae" / "1")["num_ll_samples"] == 5
+    assert saved_contract.read_manifest(base / "vae" / "1")["num_ll_samples"] == 5
 
     args = _parse(export.add_validate_arguments, [str(base / "vae" / "1"), "--run-dir", str(run)])
     out, err = io.StringIO(), io.StringIO()

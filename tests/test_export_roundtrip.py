@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import export
 import tfp_vae
-from export import contract
+from export import contract, saved_contract
 
 DATA_SHAPE = (8, 8, 1)
 LATENT = 3
@@ -134,8 +134,8 @@ def test_decoder_only_export_has_no_encoder(tmp_path, prior):
     loaded = tf.saved_model.load(result.path)
     assert set(loaded.signatures) == {"serving_default", "decode", "generate"}
 
-    meta_graph = export.validation.read_meta_graph(result.path)
-    saved = set(export.validation.saved_variable_names(meta_graph))
+    meta_graph = saved_contract.read_meta_graph(result.path)
+    saved = set(saved_contract.saved_variable_names(meta_graph))
     encoder = {v.path for v in model.encoder.variables + model.posterior_head.variables}
     decoder = {v.path for v in model.decoder.variables}
     assert decoder <= saved
@@ -209,9 +209,9 @@ def test_autoencoder_exports_decode_encode_reconstruct(tmp_path):
         model, tmp_path / "models", "ae", decoder_only=True, session_check=False
     )
     assert decoder_only.version == 2
-    meta_graph = export.validation.read_meta_graph(decoder_only.path)
-    assert set(export.validation.contract_signatures(meta_graph)) == {"serving_default", "decode"}
-    saved = set(export.validation.saved_variable_names(meta_graph))
+    meta_graph = saved_contract.read_meta_graph(decoder_only.path)
+    assert set(saved_contract.contract_signatures(meta_graph)) == {"serving_default", "decode"}
+    saved = set(saved_contract.saved_variable_names(meta_graph))
     encoder_paths = set(export.endpoints.encoder_variable_paths(model))
     assert {v.path for v in model.code_layer.variables} <= encoder_paths
     assert not saved & encoder_paths
@@ -225,7 +225,7 @@ def test_round_trip_through_a_run_directory(tmp_path):
     model.save(run / "model.keras")
     (run / "config.json").write_text('{"network": "mlp", "latent_dim": 3}')
     path = export.export_run(run, tmp_path / "models", "vae", num_ll_samples=K, session_check=False)
-    manifest = export.validation.read_manifest(path)
+    manifest = saved_contract.read_manifest(path)
     assert manifest["run_config"] == {"network": "mlp", "latent_dim": 3}
     assert manifest["num_ll_samples"] == K and manifest["latent_dim"] == LATENT
     loaded = tf.saved_model.load(path)

@@ -12,7 +12,7 @@ from tensorflow.core.framework import attr_value_pb2, node_def_pb2, types_pb2
 
 import export
 import tfp_vae
-from export import contract, endpoints, graph_ops, validation, warmup
+from export import contract, endpoints, graph_ops, saved_contract, warmup
 
 DATA_SHAPE = (8, 8, 1)
 
@@ -146,7 +146,7 @@ def test_good_export_validates_without_the_live_model(good, tmp_path):
 def test_validation_without_manifest_infers_the_contract(good, tmp_path):
     _, path = good
     copy = copy_version(path, tmp_path)
-    os.remove(os.path.join(copy, "assets.extra", validation.MANIFEST_FILE))
+    os.remove(os.path.join(copy, "assets.extra", saved_contract.MANIFEST_FILE))
     report = export.validate(copy, session_check=False)
     assert report.ok
     assert (report.kind, report.decoder_only, report.latent_dim, report.data_shape) == (
@@ -160,7 +160,7 @@ def test_validation_without_manifest_infers_the_contract(good, tmp_path):
 def test_contract_mismatch_names_signature_and_values(good, tmp_path):
     _, path = good
     copy = copy_version(path, tmp_path)
-    manifest_path = os.path.join(copy, "assets.extra", validation.MANIFEST_FILE)
+    manifest_path = os.path.join(copy, "assets.extra", saved_contract.MANIFEST_FILE)
     manifest = json.load(open(manifest_path))
     manifest["latent_dim"] = 5
     json.dump(manifest, open(manifest_path, "w"))

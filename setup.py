@@ -28,5 +28,5 @@ setup(
         "grpcio-health-checking>=1.60,<2",  # the standard gRPC health service of the server
     ],
     extras_require={"test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"]},
-    entry_points={"console_scripts": ["tfp-vae=tfp_vae.cli:main"]},
+    entry_points={"console_scripts": ["tfp-vae=serving.cli:main"]},
 )

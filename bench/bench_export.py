@@ -39,7 +39,7 @@ def _build_model(args):
     from export import exporter
 
     if args.run_dir:
-        model, _ = exporter.load_run(args.run_dir)
+        model = exporter.load_run_model(args.run_dir)
         return model
     encoder, decoder = tfp_vae.networks.build(args.network, args.latent_dim, tuple(args.data_shape))
     return tfp_vae.VAE(

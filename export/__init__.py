@@ -36,7 +36,7 @@ _EXPORTS = {
     "export_run_version": "export.exporter",
     "export_version": "export.exporter",
     "list_versions": "export.exporter",
-    "load_run": "export.exporter",
+    "load_run_model": "export.exporter",
     "next_version": "export.exporter",
     "BATCHING_PARAMETERS": "export.server_config",
     "MODELS_CONFIG": "export.server_config",

@@ -246,7 +246,7 @@ def run_validate(args, out=None, err=None):
     model = None
     try:
         if args.run_dir:
-            model, _ = exporter.load_run(args.run_dir)
+            model = exporter.load_run_model(args.run_dir)
         report = validation.validate(
             args.version_dir,
             model,

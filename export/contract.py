@@ -153,7 +153,14 @@ def _decode(model, options, z):
     return {"mean": model.decode_mean(z)}
 
 
+def _reconstruct(model, options, x):
+    return {"mean": model.reconstruct(x)}
+
+
 _DECODE_ROW = dict(inputs=(("z", _Z),), outputs=(("mean", _X),), compute=_decode, decoder_only=True)
+_RECONSTRUCT_ROW = dict(
+    inputs=(("x", _X),), outputs=(("mean", _X),), compute=_reconstruct, decoder_only=False
+)
 
 # THE TABLE. Adding a signature: a row here (and the model method it calls).
 SIGNATURES = {
@@ -174,13 +181,7 @@ SIGNATURES = {
             compute=_vae_encode,
             decoder_only=False,
         ),
-        Signature(
-            RECONSTRUCT,
-            inputs=(("x", _X),),
-            outputs=(("mean", _X),),
-            compute=lambda model, options, x: {"mean": model.reconstruct(x)},
-            decoder_only=False,
-        ),
+        Signature(RECONSTRUCT, **_RECONSTRUCT_ROW),
         Signature(
             LOG_LIKELIHOOD,
             inputs=(("x", _X), ("seed", _SEED)),
@@ -201,13 +202,7 @@ SIGNATURES = {
             compute=lambda model, options, x: {"code": model.encode(x)},
             decoder_only=False,
         ),
-        Signature(
-            RECONSTRUCT,
-            inputs=(("x", _X),),
-            outputs=(("mean", _X),),
-            compute=lambda model, options, x: {"mean": model.reconstruct(x)},
-            decoder_only=False,
-        ),
+        Signature(RECONSTRUCT, **_RECONSTRUCT_ROW),
     ),
 }
 

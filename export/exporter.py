@@ -287,8 +287,12 @@ def export_model(
     ).path
 
 
-def load_run(run_dir):
-    """(model, config dict or None) from a run directory (model.keras, config.json)."""
+def load_run_model(run_dir):
+    """The model of a run directory (its ``model.keras``), for export.
+
+    Unlike ``tfp_vae.train.load_run`` it needs no ``config.json``: any saved tfp_vae
+    model can be exported.
+    """
     run_dir = os.fspath(run_dir)
     model_path = os.path.join(run_dir, "model.keras")
     if not os.path.isfile(model_path):
@@ -300,18 +304,21 @@ def load_run(run_dir):
 
     import tfp_vae  # noqa: F401  (registers the classes model.keras refers to)
 
-    model = keras.models.load_model(model_path, compile=False)
-    config = None
-    config_path = os.path.join(run_dir, "config.json")
-    if os.path.isfile(config_path):
-        with open(config_path) as f:
-            config = json.load(f)
-    return model, config
+    return keras.models.load_model(model_path, compile=False)
+
+
+def _run_config(run_dir):
+    """config.json of a run directory as written (a dict), or None."""
+    path = os.path.join(os.fspath(run_dir), "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def export_run_version(run_dir, base_path, name, version=None, **options):
     """Like ``export_run``, returning an ExportResult."""
-    model, config = load_run(run_dir)
+    model, config = load_run_model(run_dir), _run_config(run_dir)
     extra = dict(options.pop("extra_manifest", None) or {})
     extra["run_dir"] = os.path.abspath(os.fspath(run_dir))
     if config is not None:

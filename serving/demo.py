@@ -109,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _step(f"3/5 starting the local server on {target}")
     server_log = open(os.path.join(out, "server.log"), "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tfp_vae.cli", "serve", "--port", str(port),
+        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port),
          "--model_name", MODEL_NAME, "--model_base_path", os.path.join(models_dir, MODEL_NAME)],
         stdout=server_log, stderr=subprocess.STDOUT,
     )
@@ -135,7 +135,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"  {k}: {v}")
         job_started = time.monotonic()
         job = subprocess.run(
-            [sys.executable, "-m", "tfp_vae.cli", "generate", "--target", target,
+            [sys.executable, "-m", "serving.cli", "generate", "--target", target,
              "--model_name", MODEL_NAME, "--num-samples", str(args.num_samples),
              "--batch-size", "100", "--concurrency", "4", "--seed", str(args.seed),
              "--shard-size", "500", "--out", samples_dir],

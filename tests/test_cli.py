@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-from tfp_vae import cli
+from serving import cli
+from tfp_vae import cli as library_cli
 
 TINY = ["--dataset", "mnist5k", "--hidden", "32", "--epochs", "1", "--batch-size", "200",
         "--eval-samples", "5", "--eval-examples", "50"]
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tfp_vae.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -109,11 +110,11 @@ def test_config_file_and_flag_override(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"dataset": "digits", "latent_dim": 3, "hidden": [8]}))
     args = cli.build_parser().parse_args(["train", "--config", str(tmp_path / "c.json"),
                                           "--latent-dim", "4", "--out", "x"])
-    config = cli._train_config(args)
+    config = library_cli._train_config(args)
     assert (config.dataset, config.latent_dim, config.hidden) == ("digits", 4, (8,))
     (tmp_path / "bad.json").write_text(json.dumps({"latent": 3}))
     with pytest.raises(ValueError, match=r"Unknown config keys \['latent'\]"):
-        cli._train_config(cli.build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json"), "--out", "x"]))
+        library_cli._train_config(cli.build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json"), "--out", "x"]))
 
 
 def test_autoencoder_run(tmp_path):

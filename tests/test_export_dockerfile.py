@@ -305,7 +305,7 @@ def test_dockerignore_keeps_sources_and_drops_local_state():
 
 def test_tfp_vae_command_accepts_the_dockerfile_commands(dockerfile):
     """`tfp-vae train ${TRAIN_ARGS}` and `tfp-vae export ...` parse with the real command."""
-    cli = pytest.importorskip("tfp_vae.cli")
+    cli = pytest.importorskip("serving.cli")
     _, build, _ = dockerfile
     parser = cli.build_parser()
     train = parser.parse_args(

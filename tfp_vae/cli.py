@@ -1,10 +1,14 @@
-"""The ``tfp-vae`` command: train, evaluate, export, validate, serve, generate, demo."""
+"""The library's own commands, ``tfp-vae train`` and ``tfp-vae evaluate``.
+
+Each command is a pair: ``add_<command>_arguments(parser)`` and ``run_<command>(args)``.
+The ``tfp-vae`` dispatcher (``serving.cli``) puts them beside the export and serving
+commands; the library knows nothing of those.
+"""
 
 import argparse
 import dataclasses
 import json
 import os
-import sys
 
 from tfp_vae.config import TrainConfig
 
@@ -62,7 +66,7 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _add_train_arguments(parser):
+def add_train_arguments(parser):
     parser.add_argument("--config", help="JSON file with TrainConfig fields; flags override it")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -96,7 +100,7 @@ def _train_config(args):
     return dataclasses.replace(base, **overrides).validate()
 
 
-def _run_train(args):
+def run_train(args):
     config = _train_config(args)  # fails on bad input before anything is loaded or written
     from tfp_vae import train
 
@@ -105,7 +109,7 @@ def _run_train(args):
     return 0
 
 
-def _run_evaluate(args):
+def run_evaluate(args):
     from tfp_vae import train
 
     metrics = train.evaluate_run(args.run_dir, args.num_samples, args.num_examples, args.seed)
@@ -123,82 +127,10 @@ def _positive_int(text):
     return value
 
 
-def _delegated(module, add_name, run_name):
-    """Arguments and runner living in the export/ or serving/ package."""
-
-    def add(parser):
-        mod = __import__(module, fromlist=[add_name])
-        getattr(mod, add_name)(parser)
-
-    def run(args):
-        mod = __import__(module, fromlist=[run_name])
-        return getattr(mod, run_name)(args)
-
-    return add, run
-
-
-_COMMANDS = {
-    "export": ("turn a run directory into a TF Serving model directory",
-               *_delegated("export", "add_export_arguments", "run_export")),
-    "validate": ("check an exported SavedModel version directory",
-                 *_delegated("export", "add_validate_arguments", "run_validate")),
-    "serve": ("start the local TF-Serving-compatible server",
-              *_delegated("serving.server", "add_serve_arguments", "run_serve")),
-    "generate": ("batch generation job, through a server or in process",
-                 *_delegated("serving.generate", "add_generate_arguments", "run_generate")),
-    "demo": ("the main job end to end: train, export, serve, generate, report",
-             *_delegated("serving.demo", "add_demo_arguments", "run_demo")),
-}
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="tfp-vae",
-        description="Variational autoencoders with TensorFlow Probability posteriors, "
-        "exported to and served by TensorFlow Serving.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = sub.add_parser(
-        "train", help="train a model and write a run directory",
-        description="Train a VAE or autoencoder and write RUN_DIR with model.keras, "
-        "config.json, history.csv, metrics.json, TensorBoard logs and pictures.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _add_train_arguments(train)
-    train.set_defaults(run=_run_train)
-
-    evaluate = sub.add_parser(
-        "evaluate", help="importance-sampled log-likelihood and ELBO on the test split",
-        description="Evaluate a run on its test split: log p(x) estimated with K importance "
-        "samples, and the ELBO. Writes RUN_DIR/evaluation-kK.json.",
-    )
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--num-samples", type=_positive_int, default=1000,
-                          help="importance samples K per example (default: 1000)")
-    evaluate.add_argument("--num-examples", type=_positive_int, default=None,
-                          help="evaluate only the first N test examples (default: all)")
-    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    evaluate.set_defaults(run=_run_evaluate)
-
-    for name, (help_text, add, run) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        add(p)
-        p.set_defaults(run=run)
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-        print(f"tfp-vae {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"tfp-vae {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def add_evaluate_arguments(parser):
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--num-samples", type=_positive_int, default=1000,
+                        help="importance samples K per example (default: 1000)")
+    parser.add_argument("--num-examples", type=_positive_int, default=None,
+                        help="evaluate only the first N test examples (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")

@@ -5,9 +5,9 @@ through ``.keras`` files) whose ``distribution(posterior_fn)`` returns a ``tfd``
 distribution with event shape [latent_dim]. ``posterior_fn`` maps inputs to the
 posterior q(z|x); only the VampPrior uses it.
 
-``has_closed_form_kl`` tells whether KL(q || p) against a Gaussian posterior is
-registered in ``tfd.kl_divergence``; the model falls back to a sampled estimate when
-it is not (mixtures).
+Whether KL(q || p) has a closed form is not a property a prior declares: the model
+asks ``tfd.kl_divergence`` (``VAE.kl_method``) and samples the KL where no closed
+form is registered (mixtures).
 """
 
 from tfp_vae._backend import bounded_scale, keras, tf, tfd
@@ -15,8 +15,6 @@ from tfp_vae._backend import bounded_scale, keras, tf, tfd
 
 class Prior(keras.layers.Layer):
     """Base class: a layer that owns the prior's parameters."""
-
-    has_closed_form_kl = False
 
     def __init__(self, latent_dim=None, **kwargs):
         super().__init__(**kwargs)
@@ -45,8 +43,6 @@ class Prior(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="tfp_vae")
 class StandardNormal(Prior):
     """p(z) = N(0, I)."""
-
-    has_closed_form_kl = True
 
     def distribution(self, posterior_fn=None):
         zeros = tf.zeros([self.latent_dim])

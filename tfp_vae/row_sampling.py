@@ -26,6 +26,8 @@ Supported distributions, by class (a registry: add an entry for a new family):
 * ``tfd.TransformedDistribution``: the base's row draw pushed through the bijector.
 """
 
+import numpy as np
+
 from tfp_vae import philox
 from tfp_vae._backend import tf, tfd
 
@@ -123,7 +125,18 @@ _SAMPLERS = {
 }
 
 
-def seed_rows(seed, start, count):
-    """Seed rows (seed, start), (seed, start + 1), ... as int32 [count, 2]."""
-    index = tf.range(start, start + count, dtype=tf.int32)
-    return tf.stack([tf.fill([count], tf.cast(seed, tf.int32)), index], axis=1)
+def seed_rows(seed, start, stop):
+    """Seed rows (seed, start), (seed, start + 1), ..., (seed, stop - 1): int32 [stop - start, 2].
+
+    The convention that ties sample i of a job with seed S to seed row (S, i);
+    numpy, so it serves tensors and requests alike.
+    """
+    for name, value, high in (("seed", seed, 2**31), ("start", start, 2**31), ("stop", stop, 2**31 + 1)):
+        if not isinstance(value, (int, np.integer)) or not -(2**31) <= value < high:
+            raise ValueError(f"{name} must be an integer that fits int32 row indices, got {value!r}.")
+    if stop < start:
+        raise ValueError(f"stop must be >= start, got start={start}, stop={stop}.")
+    rows = np.empty((stop - start, 2), dtype=np.int32)
+    rows[:, 0] = seed
+    rows[:, 1] = np.arange(start, stop, dtype=np.int64)
+    return rows

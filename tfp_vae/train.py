@@ -21,8 +21,6 @@ from tfp_vae._backend import keras, tf
 from tfp_vae.config import TrainConfig
 from tfp_vae.vae import VAE
 
-RUN_FILES = ("model.keras", "config.json", "metrics.json", "history.csv")
-
 
 def load_splits(config):
     """((x_train, y_train), (x_val, y_val), (x_test, y_test)) as the config asks."""

@@ -192,6 +192,9 @@ def run_export(args, out=None, err=None):
     except (exporter.ExportError, ValueError) as e:
         err.write(f"error: {e}\n")
         return 2
+    except OSError as e:
+        err.write(f"error: {e.strerror or e}: {e.filename or args.base_path}\n")
+        return 1
     for path in result.removed_stale:
         out.write(f"Removed a stale temporary export: {path}\n")
     out.write(f"Exported {args.run_dir} as version {result.version} of model {args.name!r}:\n")

@@ -100,9 +100,29 @@ def _check_name(name):
         )
 
 
+def _check_directory_path(path):
+    """ExportError unless ``path`` is a directory or can be made one (no file in the way)."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ExportError(
+            f"Cannot create the model directory {path}: {probe} is a file, not a directory."
+        )
+
+
 def _check_version(version, model_dir):
     if not isinstance(version, numbers.Integral) or isinstance(version, bool) or version < 0:
         raise ExportError(f"version must be a non-negative integer, got {version!r}.")
+    if version > 2**63 - 1:
+        # TF Serving reads version directory names as int64 and skips any other name.
+        raise ExportError(
+            f"version must fit in int64 (at most {2**63 - 1}), as TF Serving reads it; "
+            f"got {version}."
+        )
     version = int(version)
     path = os.path.join(model_dir, str(version))
     if os.path.exists(path) or version in list_versions(model_dir):
@@ -185,6 +205,7 @@ def export_version(
     batching = batching or server_config.BatchingOptions()
     # Fail on bad configuration before the (slow) export, not after it.
     model_dir = os.path.abspath(os.path.join(os.fspath(base_path), name))
+    _check_directory_path(model_dir)
     try:
         server_config.models_config(name, server_base_path or model_dir, num_versions)
         plan = endpoints.plan(model, decoder_only=decoder_only, num_ll_samples=num_ll_samples)

@@ -69,6 +69,7 @@ def test_refuses_to_overwrite_a_run(run_dir):
     (["--batch-size", "-5"], "batch_size=-5 is not valid"),
     (["--network", "conv", "--pad", "false"], "divisible by 8, got (28, 28, 1)"),
     (["--learning-rate", "nan"], "learning_rate=nan is not valid"),
+    (["--seed", "-1"], "--seed -1: seed=-1 is not valid; expected an integer in [0, 2**32 - 1]"),
 ])
 def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, flags, message):
     out = tmp_path / "run"

@@ -86,6 +86,31 @@ def test_bad_version_is_refused(tmp_path, version):
         export.export_model(make_vae(), tmp_path, "vae", version=version, validate=False)
 
 
+def test_version_beyond_int64_is_refused(tmp_path):
+    # TF Serving parses version directory names as int64 and skips the rest
+    # (file_system_storage_path_source.cc): such a version would never be served.
+    with pytest.raises(export.ExportError, match=r"version must fit in int64 \(at most 9223372036854775807\)"):
+        export.export_model(make_vae(), tmp_path, "vae", version=2**63, validate=False)
+    assert export.list_versions(tmp_path / "vae") == []
+
+
+def test_base_path_under_a_regular_file_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(export.ExportError, match=r"file is a file, not a directory"):
+        export.export_model(make_vae(), tmp_path / "file" / "models", "vae", validate=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    make_vae().save(run / "model.keras")
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "export", str(run), "--base-path",
+         str(tmp_path / "file" / "models"), "--name", "vae", "--no-validate"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "is a file, not a directory" in proc.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("name", ["", "a/b", ".hidden", "..", "x y"])
 def test_bad_model_name_is_refused(tmp_path, name):
     with pytest.raises(export.ExportError, match="Model name"):

@@ -97,7 +97,15 @@ def _train_config(args):
     }
     if "hidden" in overrides:
         overrides["hidden"] = tuple(overrides["hidden"])
-    return dataclasses.replace(base, **overrides).validate()
+    try:
+        return dataclasses.replace(base, **overrides).validate()
+    except ValueError as e:
+        # Name the flag the value came from: "--seed -1: seed=-1 is not valid; ..."
+        field = str(e).split("=", 1)[0]
+        if field in overrides:
+            flag = "--" + field.replace("_", "-")
+            raise ValueError(f"{flag} {getattr(args, field)!r}: {e}") from None
+        raise
 
 
 def run_train(args):

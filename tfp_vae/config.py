@@ -105,8 +105,10 @@ class TrainConfig:
         positive_int("kl_warmup_epochs", allow_zero=True)
         positive_int("early_stopping_patience", allow_zero=True)
         positive_int("eval_examples", allow_none=True)
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r} is not valid; expected an integer.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ValueError(
+                f"seed={self.seed!r} is not valid; expected an integer in [0, 2**32 - 1]."
+            )
         if not self.hidden or any(not isinstance(h, int) or h <= 0 for h in self.hidden):
             raise ValueError(f"hidden={self.hidden!r} is not valid; expected positive integers.")
         positive_float("validation_fraction", allow_zero=True, upper=1)

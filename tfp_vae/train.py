@@ -7,16 +7,14 @@ renamed into place only when everything is written, so a run that fails or is
 interrupted never leaves a directory that looks complete.
 """
 
-import contextlib
 import csv
 import json
 import os
-import shutil
 import time
 
 import numpy as np
 
-from tfp_vae import autoencoders, data, likelihoods, networks, priors
+from tfp_vae import autoencoders, data, files, likelihoods, networks, priors
 from tfp_vae._backend import keras, tf
 from tfp_vae.config import TrainConfig
 from tfp_vae.vae import VAE
@@ -85,34 +83,19 @@ def evaluate_model(model, x, num_samples, seed=0, batch_size=100):
     }
 
 
-@contextlib.contextmanager
 def staged_directory(out_dir):
-    """Yields a hidden staging directory that becomes ``out_dir`` only on success."""
+    """A hidden staging directory that becomes ``out_dir`` only on success (``files``)."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir):
         raise FileExistsError(
             f"Run directory {out_dir} already exists; choose another --out or remove it first."
         )
-    parent, name = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{name}.incomplete-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    try:
-        yield staging
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return files.atomic_directory(out_dir)
 
 
 def write_json(path, obj):
-    """Writes JSON atomically (temp file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes JSON atomically (``files.write_atomically``)."""
+    files.write_atomically(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _write_history(path, history):

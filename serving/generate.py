@@ -65,7 +65,6 @@ from serving.plan import (Shard, grid_requests, plan_shards, seed_rows,
                           shard_count)
 from serving.sources import SIGNATURE, InProcessSource, ServerSource
 from serving.writers import FORMATS, ShardWriter, png_image_check
-from tfp_vae import files
 
 INT32_MAX = 2**31 - 1
 INT32_MIN = -2**31
@@ -307,6 +306,9 @@ class Job:
                 + "; ".join(diffs) + "); rerun with the same flags or use "
                 "another --out", EXIT_USAGE)
 
+        # tfp_vae (and so TensorFlow) loads here, not at import: --help stays quick.
+        from tfp_vae import files
+
         os.makedirs(self.out, exist_ok=True)
         mine = {s.name for s in self.shards} | {os.path.basename(self.manifest_path)}
         files.remove_stale_temporaries(self.out, finals=mine)
@@ -357,6 +359,8 @@ class Job:
         manifest = manifest_lib.make_manifest(
             self._job, shard_count(self.args.num_samples, self.args.shard_size),
             self.shards, entries)
+        from tfp_vae import files
+
         files.write_atomically(self.manifest_path, manifest_lib.encode(manifest))
 
     def _generate(self, source, pending: list, progress: _Progress) -> None:

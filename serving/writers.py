@@ -24,7 +24,6 @@ from typing import Optional
 import numpy as np
 
 from serving.manifest import directory_digest, sha256
-from tfp_vae import files
 
 FORMATS = ("npz", "png", "tfrecord")
 
@@ -120,6 +119,8 @@ class ShardWriter:
 
     def write(self, shard, arrays: dict) -> str:
         """Puts ``shard`` (its outputs ``arrays``) in place; returns its sha256."""
+        from tfp_vae import files  # loads TensorFlow: only when writing
+
         final = os.path.join(self.out_dir, shard.name)
         index = np.arange(shard.start, shard.stop, dtype=np.int64)
         if self.fmt == "png":
@@ -132,6 +133,8 @@ class ShardWriter:
         return sha256(data)
 
     def _write_pngs(self, final: str, x: np.ndarray, index: np.ndarray) -> str:
+        from tfp_vae import files
+
         lines = []
         with files.atomic_directory(final, replace=True) as temp:
             for i, image in zip(index, to_uint8(x)):

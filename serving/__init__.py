@@ -1,7 +1,8 @@
 """Serving for tfp-vae models: TF Serving clients, a local server, batch jobs.
 
-* `serving.client`: `Client` (gRPC) and `RestClient` for a TF Serving (or
-  local) server, numpy in and numpy out.
+* `serving.client`: `Client`, the gRPC client for a TF Serving (or local)
+  server, numpy in and numpy out; `serving.rest_client`: `RestClient`, the
+  same over REST, importable without TensorFlow.
 * `serving.server`: the local server speaking TF Serving's protocol
   (`python -m serving.server --help`).
 * `serving.generate`: the resumable batch generation job.
@@ -13,9 +14,9 @@ import importlib
 
 _EXPORTS = {
     "Client": "serving.client",
-    "RestClient": "serving.client",
-    "ModelMetadata": "serving.client",
-    "VersionStatus": "serving.client",
+    "RestClient": "serving.rest_client",
+    "ModelMetadata": "serving.results",
+    "VersionStatus": "serving.results",
     "ServingError": "serving.errors",
     "Server": "serving.server",
     "add_serve_arguments": "serving.server",

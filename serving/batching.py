@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from serving import errors
-from serving.config import BatchingOptions
+from serving.config import BatchingParameters
 from serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def row_count(inputs: Mapping[str, np.ndarray]) -> int:
 class BatchQueue:
     """Merges requests for one signature of one model version."""
 
-    def __init__(self, run: Callable[[dict], dict], options: BatchingOptions,
+    def __init__(self, run: Callable[[dict], dict], options: BatchingParameters,
                  threads: BatchThreads, metrics: Metrics, labels: dict):
         self._run = run
         self._options = options
@@ -265,7 +265,7 @@ class BatchQueue:
 class Batcher:
     """All batch queues of a server, created on first use."""
 
-    def __init__(self, options: BatchingOptions, metrics: Metrics):
+    def __init__(self, options: BatchingParameters, metrics: Metrics):
         self.options = options
         self._metrics = metrics
         self._threads = BatchThreads(options.num_batch_threads)

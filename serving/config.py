@@ -21,9 +21,6 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf import text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-DEFAULT_SERVING_SIGNATURE = "serving_default"
-
-
 class ConfigError(ValueError):
     """A configuration file or flag that cannot be used; the message says why."""
 
@@ -88,8 +85,13 @@ BatchingParametersProto = batching_parameters_class()
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchingOptions:
-    """Server-side batching settings (defaults as TF Serving's scheduler)."""
+class BatchingParameters:
+    """Server-side batching settings (defaults as TF Serving's scheduler).
+
+    What --batching_parameters_file says, parsed; not to be confused with
+    ``export.server_config.BatchingOptions``, which chooses what an export
+    writes into that file.
+    """
 
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
@@ -134,8 +136,8 @@ class BatchingOptions:
         return self.max_batch_size
 
 
-def parse_batching_parameters(text: str, source: str = "<text>") -> BatchingOptions:
-    """Parses a BatchingParameters text proto into BatchingOptions."""
+def parse_batching_parameters(text: str, source: str = "<text>") -> BatchingParameters:
+    """Parses a BatchingParameters text proto into BatchingParameters."""
     proto = BatchingParametersProto()
     try:
         text_format.Parse(text, proto)
@@ -152,10 +154,10 @@ def parse_batching_parameters(text: str, source: str = "<text>") -> BatchingOpti
             proto.enable_large_batch_splitting.value)
     kwargs["allowed_batch_sizes"] = tuple(int(v) for v in proto.allowed_batch_sizes)
     kwargs["pad_variable_length_inputs"] = bool(proto.pad_variable_length_inputs)
-    return BatchingOptions(**kwargs)
+    return BatchingParameters(**kwargs)
 
 
-def load_batching_parameters(path: str) -> BatchingOptions:
+def load_batching_parameters(path: str) -> BatchingParameters:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -191,7 +193,7 @@ class ModelSpecConfig:
     """One served model: where its versions are and which ones to serve."""
 
     name: str
-    base_path: str
+    model_base_path: str          # BASE/NAME, holding the integer versions
     policy: VersionPolicy = VersionPolicy()
     labels: tuple = ()            # ((label, version), ...)
 
@@ -243,7 +245,7 @@ def models_from_config_proto(config, config_dir: str = ".") -> list:
             base_path = os.path.join(config_dir, base_path)
         labels = tuple(sorted((k, int(v)) for k, v in mc.version_labels.items()))
         models.append(ModelSpecConfig(
-            name=mc.name, base_path=os.path.abspath(base_path),
+            name=mc.name, model_base_path=os.path.abspath(base_path),
             policy=_policy_from_proto(mc.model_version_policy, mc.name),
             labels=labels))
     return models

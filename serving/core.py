@@ -17,6 +17,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2,
                                      get_model_status_pb2, model_management_pb2,
                                      model_pb2, predict_pb2)
 
+from export import contract
 from serving import config as config_lib
 from serving import errors, tensors
 from serving.batching import Batcher
@@ -37,7 +38,7 @@ def make_model_spec(target, name: str, version: Optional[int],
     target.name = name
     if signature_name is not None:
         target.signature_name = (signature_name
-                                 or config_lib.DEFAULT_SERVING_SIGNATURE)
+                                 or contract.SERVING_DEFAULT)
     if version is not None:
         target.version.value = version
 
@@ -183,7 +184,7 @@ class ServingCore:
     # -- Classify / Regress / MultiInference --------------------------------
     def _signature_for(self, model_spec, method: str):
         servable = self.manager.resolve(model_spec)
-        name = model_spec.signature_name or config_lib.DEFAULT_SERVING_SIGNATURE
+        name = model_spec.signature_name or contract.SERVING_DEFAULT
         signature = servable.signature_defs.get(name)
         if signature is None:
             raise errors.invalid_argument(
@@ -217,7 +218,7 @@ class ServingCore:
                     "All ModelSpecs in a MultiInferenceRequest must access the "
                     "same model name.")
             name = (task.model_spec.signature_name
-                    or config_lib.DEFAULT_SERVING_SIGNATURE)
+                    or contract.SERVING_DEFAULT)
             if name in names:
                 raise errors.invalid_argument(
                     f"Duplicate evaluation of signature: {name}")

@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from serving.net import free_port
 
 MODEL_NAME = "vae"
 
@@ -36,12 +37,6 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-examples", type=int, default=200,
                         help="test examples evaluated (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole job (default: 0)")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _step(message):
@@ -66,14 +61,24 @@ def _wait_until_serving(target, deadline_s, server):
 
 
 def _grid_png(images, path, cols=20):
-    from tfp_vae import plots
+    """[N, H, W, 1] images in [0, 1] as one titled grid picture (matplotlib, Agg)."""
+    import matplotlib
 
-    plt = plots._pyplot()
-    fig, ax = plt.subplots(figsize=(cols / 2, len(images) / cols / 2 + 0.5))
-    ax.imshow(np.clip(plots._tile(images, cols), 0, 1), cmap="gray", vmin=0, vmax=1)
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n, h, w = images.shape[:3]
+    rows = -(-n // cols)
+    canvas = np.ones((rows * h, cols * w), np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = image[..., 0]
+    fig, ax = plt.subplots(figsize=(cols / 2, rows / 2 + 0.5))
+    ax.imshow(np.clip(canvas, 0, 1), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     ax.set_title("generated through gRPC by the batch generation job")
-    plots._save(fig, path)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -104,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
     version_dir = export_run(run_dir, models_dir, MODEL_NAME)
     print(f"exported {version_dir}")
 
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
     _step(f"3/5 starting the local server on {target}")
     server_log = open(os.path.join(out, "server.log"), "w")

@@ -2,7 +2,11 @@
 
 TensorFlow's error codes and gRPC's status codes are the same numbers, so a
 TensorFlow error maps onto a gRPC status without a table; REST adds the HTTP
-status TF Serving's HTTP server uses for each code.
+status TF Serving's HTTP server uses for each code (`http_status_for`, and
+`code_for_http_status` back). `JobError` and the exit statuses belong to the
+batch generation job.
+
+TensorFlow-free (the REST client imports it; ``grpc`` does not load TensorFlow).
 """
 
 from __future__ import annotations
@@ -151,3 +155,18 @@ def from_exception(error: BaseException) -> ServingError:
         return ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(message))
     return ServingError(grpc.StatusCode.INTERNAL,
                         f"{type(error).__name__}: {message}")
+
+
+# ---------------------------------------------------------------------------
+# The batch job's errors.
+# ---------------------------------------------------------------------------
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class JobError(Exception):
+    """Stops the batch generation job; `exit_code` says how (usage or failure)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code

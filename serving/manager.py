@@ -48,17 +48,17 @@ class _Model:
         self.records = {}          # version -> VersionRecord
 
 
-def list_versions(base_path: str) -> dict:
-    """{version: path} for the integer-named directories under base_path."""
+def list_versions(model_base_path: str) -> dict:
+    """{version: path} for the integer-named directories under model_base_path."""
     try:
-        names = os.listdir(base_path)
+        names = os.listdir(model_base_path)
     except FileNotFoundError:
         return {}
     found = {}
     for name in names:
         if not name.isdigit():
             continue
-        path = os.path.join(base_path, name)
+        path = os.path.join(model_base_path, name)
         if os.path.isdir(path):
             found[int(name)] = path
     return found
@@ -86,10 +86,6 @@ class ModelManager:
         self._thread = None
 
     # -- configuration ------------------------------------------------------
-    def model_names(self) -> list:
-        with self._lock:
-            return sorted(self._models)
-
     def set_models(self, models: list) -> None:
         """Replaces the model list; removed models are unloaded."""
         with self._lock:
@@ -122,14 +118,14 @@ class ModelManager:
 
     def _poll_model(self, model: _Model) -> None:
         config = model.config
-        on_disk = list_versions(config.base_path)
-        if not on_disk and not os.path.isdir(config.base_path):
+        on_disk = list_versions(config.model_base_path)
+        if not on_disk and not os.path.isdir(config.model_base_path):
             logger.warning("File system storage path source: base path %s "
                            "for servable %s does not exist",
-                           config.base_path, config.name)
+                           config.model_base_path, config.name)
         elif not on_disk:
             logger.debug("No versions of servable %s found under base path %s",
-                         config.name, config.base_path)
+                         config.name, config.model_base_path)
         aspired = config.policy.select(on_disk)
         for version in sorted(aspired, reverse=True):
             if self._stop.is_set():

@@ -18,8 +18,8 @@ import tensorflow as tf
 from google.protobuf import message as pb_message, text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from export import contract
 from serving import errors, tensors
-from serving.config import DEFAULT_SERVING_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,13 @@ class Servable:
         self.batching_released = False     # set once the version is unloaded
 
     # -- lookup -------------------------------------------------------------
-    def runnable_signatures(self) -> list:
-        return sorted(k for k in self.signature_defs if k in self._functions)
-
     def signature(self, name: str):
         """The SignatureDef for `name` ("" means serving_default).
 
         Raises FAILED_PRECONDITION, as TF Serving's Predict does, if the
         model has no such signature.
         """
-        name = name or DEFAULT_SERVING_SIGNATURE
+        name = name or contract.SERVING_DEFAULT
         sig = self.signature_defs.get(name)
         if sig is None or name not in self._functions:
             raise errors.failed_precondition(

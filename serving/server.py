@@ -22,7 +22,7 @@ import threading
 from typing import Optional
 
 from serving import config as config_lib
-from serving.config import BatchingOptions, ConfigError, ModelSpecConfig
+from serving.config import BatchingParameters, ConfigError, ModelSpecConfig
 
 logger = logging.getLogger("serving.server")
 
@@ -91,7 +91,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8500
     rest_api_port: int = 0
-    batching: Optional[BatchingOptions] = None
+    batching: Optional[BatchingParameters] = None
     file_system_poll_wait_seconds: float = 1.0
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
@@ -122,7 +122,7 @@ class ServerOptions:
                 raise ConfigError("--model_name must not be empty")
             models = [ModelSpecConfig(
                 name=args.model_name,
-                base_path=os.path.abspath(args.model_base_path))]
+                model_base_path=os.path.abspath(args.model_base_path))]
         else:
             raise ConfigError("Both --model_base_path and --model_config_file "
                               "are empty; expected one of them")
@@ -130,7 +130,7 @@ class ServerOptions:
         if args.enable_batching:
             batching = (config_lib.load_batching_parameters(
                 args.batching_parameters_file)
-                if args.batching_parameters_file else BatchingOptions())
+                if args.batching_parameters_file else BatchingParameters())
         elif args.batching_parameters_file:
             raise ConfigError(
                 f"--batching_parameters_file ({args.batching_parameters_file!r})"

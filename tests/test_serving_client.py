@@ -1,8 +1,10 @@
-"""The gRPC client against scripted servers: retries, limits, encodings."""
+"""The clients against scripted servers: retries, limits, encodings."""
 
 import concurrent.futures
-import json
+import subprocess
+import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -10,8 +12,8 @@ import pytest
 
 import serving_fixtures as fx
 
-from serving import tensors
-from serving.client import Client, connect, retry_service_config
+from serving import retry, tensors
+from serving.client import Client, connect
 from serving.errors import ServingError
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -64,13 +66,13 @@ def scripted():
         s.stop(0)
 
 
-def test_unavailable_is_retried_by_the_channel_policy(scripted):
+def test_unavailable_is_retried_by_the_client(scripted):
     unavailable = (grpc.StatusCode.UNAVAILABLE, "busy")
     servicer, target = scripted([unavailable, unavailable])
     z = np.array([[1.0, -2.0]], np.float32)
     with Client(target, "m", timeout=10) as client:
         result = client.call("decode", {"z": z})
-    assert servicer.calls == 3          # two refusals, retried by gRPC
+    assert servicer.calls == 3          # two refusals, retried once each
     np.testing.assert_array_equal(result.outputs["mean"], z * 2)
     assert result.outputs["mean"].dtype == np.float32
     assert result.model_version == 7
@@ -117,16 +119,62 @@ def test_every_call_has_a_deadline(scripted):
         server.stop(0)
 
 
-def test_service_config_names_both_services():
-    config = json.loads(retry_service_config(4))
-    policy = config["methodConfig"][0]
-    assert {n["service"] for n in policy["name"]} == {
-        "tensorflow.serving.PredictionService",
-        "tensorflow.serving.ModelService"}
-    assert policy["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert policy["retryPolicy"]["maxAttempts"] == 4
+def test_the_retry_loop_is_bounded_backs_off_and_keeps_the_deadline():
+    down = ServingError(grpc.StatusCode.UNAVAILABLE, "down")
+    calls, waits = [], []
+
+    def refuse(timeout):
+        calls.append(timeout)
+        raise down
+
+    policy = retry.RetryPolicy(max_retries=3, initial_backoff=0.01,
+                               max_backoff=0.02)
+    assert list(policy.delays()) == [0.01, 0.02, 0.02]
+    with pytest.raises(ServingError) as info:
+        retry.call_with_retries(refuse, policy,
+                                on_retry=lambda e, n, d: waits.append((n, d)))
+    assert info.value is down
+    assert len(calls) == 4 and calls[0] is None      # attempts = retries + 1
+    assert waits == [(2, 0.01), (3, 0.02), (4, 0.02)]
+
+    # No retry would end before the deadline: the first error is the answer.
+    calls.clear()
+    start = time.monotonic()
+    with pytest.raises(ServingError):
+        retry.call_with_retries(refuse, retry.RetryPolicy(initial_backoff=5,
+                                                          max_backoff=5),
+                                deadline=start + 1)
+    assert len(calls) == 1 and 0 < calls[0] <= 1
+    assert time.monotonic() - start < 1
+
+    # Codes outside the policy are not retried.
+    down = ServingError(grpc.StatusCode.INVALID_ARGUMENT, "bad")
+    calls.clear()
+    with pytest.raises(ServingError) as info:
+        retry.call_with_retries(refuse, policy)
+    assert info.value is down and len(calls) == 1
     with pytest.raises(ValueError, match="max_attempts"):
-        retry_service_config(9)
+        Client("127.0.0.1:1", "m", max_attempts=0)
+
+
+def test_the_channel_has_no_retry_policy_of_its_own(scripted):
+    # One retry layer: with retries off in the client, one refusal is one call.
+    servicer, target = scripted([(grpc.StatusCode.UNAVAILABLE, "busy")])
+    with Client(target, "m", timeout=10, max_attempts=1) as client:
+        with pytest.raises(ServingError) as info:
+            client.decode(np.zeros((1, 2)))
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert servicer.calls == 1
+
+
+def test_the_rest_client_imports_no_tensorflow():
+    code = ("import sys; from serving.rest_client import RestClient; "
+            "assert 'tensorflow' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith('tensorflow'))[:5]")
+    result = subprocess.run([sys.executable, "-c", code], cwd=fx.REPO_ROOT,
+                            env=fx.subprocess_env(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_arguments_are_checked():

@@ -19,8 +19,10 @@ import pytest
 import serving_fixtures as fx
 
 from serving import generate as gen
-from serving.client import TensorSpec
-from serving.errors import ServingError
+from serving import plan, writers
+from serving.errors import EXIT_FAILED, EXIT_USAGE, JobError, ServingError
+from serving.manifest import digest_of
+from serving.results import TensorSpec
 
 pytestmark = pytest.mark.timeout(170)
 
@@ -38,7 +40,7 @@ def _run(*argv) -> tuple:
     try:
         gen.validate_args(args)
         code = gen.Job(args, stream=stream).run()
-    except gen.JobError as e:
+    except JobError as e:
         stream.write(f"generate: error: {e}\n")
         code = e.exit_code
     return code, stream.getvalue()
@@ -75,7 +77,7 @@ def model():
 def _grid_reference(model, seed, num_samples, batch_size) -> dict:
     """The model's generate outputs for rows (seed, 0..N-1), asked on the job's grid."""
     parts = [fx.reference_outputs(model, "generate",
-                                  {"seed": gen.seed_rows(seed, start, min(start + batch_size, num_samples))})
+                                  {"seed": plan.seed_rows(seed, start, min(start + batch_size, num_samples))})
              for start in range(0, num_samples, batch_size)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -106,7 +108,7 @@ def test_output_does_not_depend_on_concurrency_or_sharding(model, tmp_path):
     np.testing.assert_array_equal(data["index"], np.arange(90))
     # Sample i is the model's sample for seed row (5, i), asked in grid batches of 7
     # (rows [7k, 7k + 7)) even where a batch straddles two shards of 20.
-    rows = gen.seed_rows(5, 0, 90)
+    rows = plan.seed_rows(5, 0, 90)
     np.testing.assert_array_equal(rows[17], [5, 17])
     expected = _grid_reference(model, 5, 90, 7)
     np.testing.assert_array_equal(data["x"], expected["x"])
@@ -119,7 +121,7 @@ def test_output_does_not_depend_on_concurrency_or_sharding(model, tmp_path):
     assert manifest["job"]["seed"] == 5
     assert manifest["job"]["model"] == {"saved_model": model}
     for entry in manifest["shards"]:
-        assert gen.digest_of(str(tmp_path / "a" / entry["file"])) == entry["sha256"]
+        assert digest_of(str(tmp_path / "a" / entry["file"])) == entry["sha256"]
 
 
 def test_other_shard_sizes_on_the_same_grid_give_the_same_samples(model, tmp_path):
@@ -146,10 +148,10 @@ def test_another_batch_size_gives_the_same_z_and_x_within_tolerance(model, tmp_p
 
 
 def test_grid_requests_cover_a_shard_on_the_fixed_grid():
-    shard = gen.Shard(1, 20, 40, "s")
-    assert gen.grid_requests(shard, 7, 90) == [(14, 21), (21, 28), (28, 35), (35, 42)]
-    assert gen.grid_requests(gen.Shard(4, 80, 90, "s"), 7, 90) == [(77, 84), (84, 90)]
-    assert gen.grid_requests(gen.Shard(0, 0, 20, "s"), 20, 90) == [(0, 20)]
+    shard = plan.Shard(1, 20, 40, "s")
+    assert plan.grid_requests(shard, 7, 90) == [(14, 21), (21, 28), (28, 35), (35, 42)]
+    assert plan.grid_requests(plan.Shard(4, 80, 90, "s"), 7, 90) == [(77, 84), (84, 90)]
+    assert plan.grid_requests(plan.Shard(0, 0, 20, "s"), 20, 90) == [(0, 20)]
 
 
 def test_rerun_skips_complete_shards_and_redoes_damaged_ones(model, tmp_path):
@@ -162,7 +164,11 @@ def test_rerun_skips_complete_shards_and_redoes_damaged_ones(model, tmp_path):
     mtime = untouched.stat().st_mtime_ns
     (tmp_path / names[1]).write_bytes(b"damaged")
     os.remove(tmp_path / names[2])
-    (tmp_path / f".{names[3]}.tmp-999").write_bytes(b"left by a crash")
+    # A temporary (tfp_vae.files' naming) left by a writer that has died.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (tmp_path / f".{names[3]}.tmp-{int(dead.stdout)}-0badf00d").write_bytes(
+        b"left by a crash")
     code, text = _run(*argv)
     assert code == 0, text
     assert f"{names[1]} is missing or does not match its checksum" in text
@@ -190,7 +196,7 @@ def test_png_and_tfrecord_formats(model, tmp_path):
     length = struct.unpack(">I", data[idat - 4:idat])[0]
     raw = zlib.decompress(data[idat + 4:idat + 4 + length])
     pixels = np.frombuffer(raw, np.uint8).reshape(height, width + 1)[:, 1:]
-    np.testing.assert_array_equal(pixels, gen.to_uint8(expected["x"][7]))
+    np.testing.assert_array_equal(pixels, writers.to_uint8(expected["x"][7]))
 
     assert _run(*argv, "--format", "tfrecord", "--out", tmp_path / "t")[0] == 0
     records = sorted(glob.glob(str(tmp_path / "t" / "*.tfrecord")))
@@ -230,7 +236,7 @@ def test_png_and_tfrecord_formats(model, tmp_path):
 def test_bad_flags_stop_before_writing(tmp_path, argv, fragment):
     out = tmp_path / "out"
     code, text = _run(*argv, "--out", out)
-    assert code == gen.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert fragment in text
     assert not out.exists()
 
@@ -240,9 +246,9 @@ def test_png_needs_image_shaped_samples(tmp_path):
                                                   (None, 7))})
     args = _args("--saved-model", "m", "--num-samples", 4, "--format", "png",
                  "--out", tmp_path / "out")
-    with pytest.raises(gen.JobError) as info:
+    with pytest.raises(JobError) as info:
         gen.Job(args, stream=io.StringIO(), source=source).run()
-    assert info.value.exit_code == gen.EXIT_USAGE
+    assert info.value.exit_code == EXIT_USAGE
     assert "samples have shape [7]" in str(info.value)
     assert not (tmp_path / "out").exists()
 
@@ -253,7 +259,7 @@ def test_rerun_with_other_flags_is_refused(model, tmp_path):
     assert _run(*argv, "--seed", 1)[0] == 0
     before = _files(tmp_path)
     code, text = _run(*argv, "--seed", 2)
-    assert code == gen.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert "seed: 1 in the manifest, 2 now" in text
     assert _files(tmp_path) == before
 
@@ -308,7 +314,7 @@ def test_permanent_error_stops_and_keeps_complete_shards(tmp_path):
                  "--batch-size", 4, "--shard-size", 8, "--concurrency", 1,
                  "--out", tmp_path, "--quiet")
     stream = io.StringIO()
-    assert gen.Job(args, stream=stream, source=source).run() == gen.EXIT_FAILED
+    assert gen.Job(args, stream=stream, source=source).run() == EXIT_FAILED
     text = stream.getvalue()
     assert "refused a request: INVALID_ARGUMENT: bad seed" in text
     assert "retrying" not in text
@@ -329,7 +335,7 @@ def test_retries_are_bounded(tmp_path):
     args = _args("--target", "h:1", "--model_name", "stub", "--num-samples", 4,
                  "--max-retries", 1, "--out", tmp_path, "--quiet")
     stream = io.StringIO()
-    assert gen.Job(args, stream=stream, source=source).run() == gen.EXIT_FAILED
+    assert gen.Job(args, stream=stream, source=source).run() == EXIT_FAILED
     assert "gave up after 2 attempts: UNAVAILABLE: down" in stream.getvalue()
 
 

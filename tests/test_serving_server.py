@@ -20,8 +20,10 @@ import pytest
 
 import serving_fixtures as fx
 
-from serving.client import Client, RestClient, parse_predict_response
+from serving.client import Client, parse_predict_response
 from serving.errors import ServingError
+from serving.rest_client import RestClient
+from google.protobuf import json_format
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
@@ -510,7 +512,14 @@ def test_rest_client_matches_grpc(env, client):
         assert x.dtype == np.float32
         loc, scale_tril = rest.encode(inputs["encode"]["x"])
         np.testing.assert_array_equal(loc, client.encode(inputs["encode"]["x"])[0])
-        assert rest.metadata().signature_defs == client.metadata().signature_defs
+        rest_meta, grpc_meta = rest.metadata(), client.metadata()
+        assert rest_meta.signatures == grpc_meta.signatures
+        # REST carries the SignatureDefs as JSON (it imports no protos): the same maps.
+        assert rest_meta.signature_defs == {
+            name: json_format.MessageToDict(
+                proto, always_print_fields_with_no_presence=True,
+                preserving_proto_field_name=True)
+            for name, proto in grpc_meta.signature_defs.items()}
         assert [s.state for s in rest.status()] == ["AVAILABLE", "AVAILABLE"]
     with RestClient(env["rest"], "vae", version=9) as rest:
         with pytest.raises(ServingError) as info:

@@ -61,8 +61,7 @@ from serving import manifest as manifest_lib
 from serving import retry
 from serving.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                             TRANSIENT_CODES, JobError, ServingError)
-from serving.plan import (Shard, grid_requests, plan_shards, seed_rows,
-                          shard_count)
+from serving.plan import Shard, grid_requests, plan_shards, shard_count
 from serving.sources import SIGNATURE, InProcessSource, ServerSource
 from serving.writers import FORMATS, ShardWriter, png_image_check
 
@@ -368,6 +367,7 @@ class Job:
         writer = ShardWriter(self.out, args.format, args.num_samples)
         work = queue.Queue(maxsize=2 * args.concurrency)
         buffers = {}
+        from tfp_vae.row_sampling import seed_rows  # the job runs: TensorFlow is loading
 
         def worker():
             while True:

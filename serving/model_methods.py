@@ -35,7 +35,7 @@ def float32(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def seed_rows(seed) -> np.ndarray:
+def as_seed_rows(seed) -> np.ndarray:
     """``seed`` as int32 [B, 2] rows; ValueError if it is not integers that fit."""
     array = np.asarray(seed)
     if array.dtype.kind not in "iu":
@@ -84,7 +84,7 @@ class ModelMethods:
 
     def generate(self, seed, *, timeout: Optional[float] = None) -> tuple:
         """z ~ p(z) and x = the mean of p(x|z), one per int32 seed row [B, 2] -> (x, z)."""
-        return self._outputs(_GENERATE, _inputs(_GENERATE, seed_rows(seed)), timeout)
+        return self._outputs(_GENERATE, _inputs(_GENERATE, as_seed_rows(seed)), timeout)
 
     def decode(self, z, *, timeout: Optional[float] = None) -> np.ndarray:
         """Mean of p(x|z) for latents z float32 [B, D]."""
@@ -101,4 +101,4 @@ class ModelMethods:
     def log_likelihood(self, x, seed, *, timeout: Optional[float] = None) -> tuple:
         """Importance-sampled log p(x) and the ELBO, per row -> (ll, elbo)."""
         return self._outputs(
-            _LOG_LIKELIHOOD, _inputs(_LOG_LIKELIHOOD, float32(x), seed_rows(seed)), timeout)
+            _LOG_LIKELIHOOD, _inputs(_LOG_LIKELIHOOD, float32(x), as_seed_rows(seed)), timeout)

@@ -2,7 +2,8 @@
 
 Pure functions of the job's flags: no I/O, no TensorFlow.
 
-* Sample i comes from the seed row (seed, i), int32 [2] (`seed_rows`).
+* Sample i comes from the seed row (seed, i), int32 [2]
+  (`tfp_vae.row_sampling.seed_rows`, imported where the job runs: it loads TensorFlow).
 * Output shard j holds samples [j * shard_size, (j + 1) * shard_size), cut at
   num_samples; with n workers, worker i takes the shards j with j % n == i
   (`plan_shards`).
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
-import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +63,3 @@ def grid_requests(shard: Shard, batch_size: int, num_samples: int) -> list:
     first = shard.start - shard.start % batch_size
     return [(start, min(start + batch_size, num_samples))
             for start in range(first, shard.stop, batch_size)]
-
-
-def seed_rows(seed: int, start: int, stop: int) -> np.ndarray:
-    """int32 [stop - start, 2]: row i is (seed, i)."""
-    rows = np.empty((stop - start, 2), dtype=np.int32)
-    rows[:, 0] = seed
-    rows[:, 1] = np.arange(start, stop, dtype=np.int64)
-    return rows

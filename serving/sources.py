@@ -22,7 +22,6 @@ import numpy as np
 
 from export import contract
 from serving.errors import EXIT_USAGE, JobError, ServingError
-from serving.plan import seed_rows
 
 SIGNATURE = contract.GENERATE
 _SEED, = contract.signature(SIGNATURE).input_keys
@@ -119,6 +118,8 @@ class InProcessSource:
         self._loaded = loaded
         self._fn = loaded.signatures[SIGNATURE]
         # One row through the model: it works, and later timings are warm.
+        from tfp_vae.row_sampling import seed_rows
+
         try:
             self.generate(seed_rows(0, 0, 1))
         except ServingError as e:

@@ -10,13 +10,11 @@ sampler, so the same seed row always gives the same sample.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ LATENT_DIM = 2
 DATA_SHAPE = (4, 4)
 NUM_IMPORTANCE_SAMPLES = 8
 from export import contract  # noqa: E402  (TensorFlow-free)
+from serving.net import free_port  # noqa: E402,F401  (the tests' one free-port helper)
 
 SIGNATURES = contract.expected_signatures(contract.VAE, decoder_only=False)
 
@@ -173,13 +172,6 @@ def reference_outputs(path: str, signature: str, inputs: dict) -> dict:
 # ---------------------------------------------------------------------------
 # Servers.
 # ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET,
-                                          socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_server_in_thread(argv: list):
     """Starts the local server in this process; returns the running Server."""

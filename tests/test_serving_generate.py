@@ -23,6 +23,7 @@ from serving import plan, writers
 from serving.errors import EXIT_FAILED, EXIT_USAGE, JobError, ServingError
 from serving.manifest import digest_of
 from serving.results import TensorSpec
+from tfp_vae import row_sampling
 
 pytestmark = pytest.mark.timeout(170)
 
@@ -77,7 +78,7 @@ def model():
 def _grid_reference(model, seed, num_samples, batch_size) -> dict:
     """The model's generate outputs for rows (seed, 0..N-1), asked on the job's grid."""
     parts = [fx.reference_outputs(model, "generate",
-                                  {"seed": plan.seed_rows(seed, start, min(start + batch_size, num_samples))})
+                                  {"seed": row_sampling.seed_rows(seed, start, min(start + batch_size, num_samples))})
              for start in range(0, num_samples, batch_size)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -108,7 +109,7 @@ def test_output_does_not_depend_on_concurrency_or_sharding(model, tmp_path):
     np.testing.assert_array_equal(data["index"], np.arange(90))
     # Sample i is the model's sample for seed row (5, i), asked in grid batches of 7
     # (rows [7k, 7k + 7)) even where a batch straddles two shards of 20.
-    rows = plan.seed_rows(5, 0, 90)
+    rows = row_sampling.seed_rows(5, 0, 90)
     np.testing.assert_array_equal(rows[17], [5, 17])
     expected = _grid_reference(model, 5, 90, 7)
     np.testing.assert_array_equal(data["x"], expected["x"])

@@ -42,6 +42,7 @@ def exported(tmp_path_factory):
 def test_real_export_served_with_its_own_config_files(exported, tmp_path):
     from serving import generate as gen
     from serving.client import Client
+    from tfp_vae import row_sampling
 
     model_dir = exported["model_dir"]
     srv = fx.start_server_in_thread([
@@ -52,7 +53,7 @@ def test_real_export_served_with_its_own_config_files(exported, tmp_path):
         "--file_system_poll_wait_seconds", "0"])
     try:
         x = exported["x"]
-        seeds = gen.seed_rows(3, 0, len(x))
+        seeds = row_sampling.seed_rows(3, 0, len(x))
         path = exported["version_dir"]
         with Client(srv.target, "vae", timeout=60) as client:
             assert [(s.version, s.state) for s in client.status()] == [

@@ -11,7 +11,9 @@ Temporary names: ``.<final name>.tmp-<pid>-<random hex>``. They start with a dot
 and are not integers, so TF Serving never takes one for a model version. The pid
 tells whether the writer is still alive.
 
-TensorFlow-free: the REST client and the job's planning import this module.
+The module itself uses only the standard library, but importing it loads the
+``tfp_vae`` package and so TensorFlow: TensorFlow-free code (the REST client, the
+job's planning) does not import it.
 """
 
 import contextlib

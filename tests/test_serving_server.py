@@ -68,6 +68,10 @@ model_config_list {{
     server = fx.start_server_in_thread([
         "--port", "0", "--rest_api_port", str(rest_port),
         "--model_config_file", str(config),
+        # Labels at start-up: TF Serving refuses them without this flag, as
+        # no version is available yet when the config is first applied.
+        "--allow_version_labels_for_unavailable_models",
+        "--enable_grpc_healthcheck_service",
         "--file_system_poll_wait_seconds", str(POLL)])
     channel = grpc.insecure_channel(server.target)
     yield {

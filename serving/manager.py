@@ -96,9 +96,15 @@ class ModelManager:
     def __init__(self, models: list,
                  warmup: Optional[Callable[[Servable], None]] = None,
                  on_unload: Optional[Callable[[Servable], None]] = None,
-                 allow_version_labels_for_unavailable_models: bool = False):
+                 allow_version_labels_for_unavailable_models: bool = False,
+                 max_num_load_retries: int = 0,
+                 load_retry_interval_micros: int = 0,
+                 saved_model_tags: tuple = ("serve",)):
         self.allow_version_labels_for_unavailable_models = (
             allow_version_labels_for_unavailable_models)
+        self._max_num_load_retries = max(0, max_num_load_retries)
+        self._retry_interval = max(0, load_retry_interval_micros) / 1e6
+        self._tags = tuple(saved_model_tags)
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._models = {m.name: _Model(m) for m in models}
@@ -254,12 +260,30 @@ class ModelManager:
             record.state = LOADING
         logger.info("Loading servable version {name: %s version: %d} from %s",
                     name, version, path)
-        try:
-            servable = Servable(name, version, path)
-            if self._warmup is not None:
-                self._warmup(servable)
-        except Exception as e:  # noqa: BLE001 - a failed load is reported
-            error = errors.from_exception(e)
+        description = f"Loading servable: {{name: {name} version: {version}}}"
+        tries = 0
+        while True:
+            if tries > 0:
+                # util/retrier.cc Retry, as LoaderHarness::Load uses it.
+                if self._stop.wait(self._retry_interval):
+                    break
+                logger.info("Retrying of %s retry: %d", description, tries)
+            try:
+                servable = Servable(name, version, path, tags=self._tags)
+                if self._warmup is not None:
+                    self._warmup(servable)
+                error = None
+            except Exception as e:  # noqa: BLE001 - a failed load is reported
+                error = errors.from_exception(e)
+                logger.error("%s failed: %s", description, error)
+            tries += 1
+            if error is None or tries >= self._max_num_load_retries + 1:
+                break
+        if tries == self._max_num_load_retries + 1 and error is not None \
+                and self._max_num_load_retries:
+            logger.info("Retrying of %s exhausted max_num_load_retries: %d",
+                        description, self._max_num_load_retries)
+        if error is not None:
             with self._lock:
                 record.state = END
                 record.error = error

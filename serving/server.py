@@ -112,9 +112,12 @@ TF_SERVING_FLAGS = (
     ("num_unload_threads", "int32", 0,
      NO_EFFECT + ": versions unload one at a time."),
     ("max_num_load_retries", "int32", 5,
-     NO_EFFECT + ": a failed version is retried when its files change."),
+     "maximum number of times it retries loading a model after the first "
+     "failure, before giving up. If set to 0, a load is attempted only once. "
+     "Default: 5"),
     ("load_retry_interval_micros", "int64", 60 * 1000 * 1000,
-     NO_EFFECT + ": a failed version is retried when its files change."),
+     "The interval, in microseconds, between each servable load retry. If "
+     "set negative, it doesn't wait. Default: 1 minute"),
     ("file_system_poll_wait_seconds", "seconds", 1,
      "Interval in seconds between each poll of the filesystem for new model "
      "version. If set to zero poll will be exactly done once and not "
@@ -140,7 +143,8 @@ TF_SERVING_FLAGS = (
     ("per_process_gpu_memory_fraction", "float", 0.0,
      NO_EFFECT + ": see docs/serving-gpu.md."),
     ("saved_model_tags", "string", "serve",
-     NO_EFFECT + ": the 'serve' MetaGraph is loaded."),
+     "Comma-separated set of tags corresponding to the meta graph def to "
+     "load from SavedModel."),
     ("grpc_channel_arguments", "string", "",
      "A comma separated list of arguments to be passed to the grpc server. "
      "(e.g. grpc.max_connection_age_ms=2000)"),
@@ -258,6 +262,9 @@ class ServerOptions:
     enable_model_warmup: bool = True
     enable_grpc_healthcheck_service: bool = False
     enable_serialization_as_tensor_content: bool = False
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60 * 1000 * 1000
+    saved_model_tags: tuple = ("serve",)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerOptions":
@@ -342,7 +349,11 @@ class ServerOptions:
             enable_grpc_healthcheck_service=(
                 args.enable_grpc_healthcheck_service),
             enable_serialization_as_tensor_content=(
-                args.enable_serialization_as_tensor_content))
+                args.enable_serialization_as_tensor_content),
+            max_num_load_retries=args.max_num_load_retries,
+            load_retry_interval_micros=args.load_retry_interval_micros,
+            saved_model_tags=tuple(
+                t for t in args.saved_model_tags.split(",") if t))
 
 
 class Server:
@@ -364,7 +375,10 @@ class Server:
                     if options.enable_model_warmup else None),
             on_unload=self.batcher.release if self.batcher else None,
             allow_version_labels_for_unavailable_models=(
-                options.allow_version_labels_for_unavailable_models))
+                options.allow_version_labels_for_unavailable_models),
+            max_num_load_retries=options.max_num_load_retries,
+            load_retry_interval_micros=options.load_retry_interval_micros,
+            saved_model_tags=options.saved_model_tags)
         self.core = ServingCore(
             self.manager, self.batcher, self.metrics,
             tensor_content=options.enable_serialization_as_tensor_content)
@@ -432,11 +446,17 @@ class Server:
                 "use a different port for HTTP/REST API. Skipped exporting "
                 "HTTP/REST API.")
         elif opts.rest_api_port:
-            self._rest = RestFrontEnd(
-                self.core, opts.host, opts.rest_api_port,
-                cors=opts.rest_api_enable_cors_support,
-                timeout_ms=opts.rest_api_timeout_in_ms,
-                metrics_path=opts.metrics_path)
+            try:
+                self._rest = RestFrontEnd(
+                    self.core, opts.host, opts.rest_api_port,
+                    cors=opts.rest_api_enable_cors_support,
+                    timeout_ms=opts.rest_api_timeout_in_ms,
+                    metrics_path=opts.metrics_path)
+            except OSError as e:
+                # As TF Serving: gRPC keeps serving without REST.
+                logger.error("Failed to start HTTP Server at %s:%d: %s",
+                             opts.host, opts.rest_api_port, e)
+                return self
             self._rest.start()
             logger.info("Exporting HTTP/REST API at:%s:%d ...", opts.host,
                         self._rest.port)

@@ -383,11 +383,12 @@ def _spec(name, label=None):
     return spec
 
 
-def test_a_model_that_fails_to_load_stops_the_start(tmp_path):
+def test_a_model_that_fails_to_load_stops_the_start(tmp_path, caplog):
     # core/load_servables_fast.cc ConnectSourcesWithFastInitialLoad.
     fx.write_broken_version(str(tmp_path / "a"), 1)
     srv = server_lib.Server.from_args(_args([
         "--port=0", "--model_name=a", f"--model_base_path={tmp_path / 'a'}",
+        "--max_num_load_retries=2", "--load_retry_interval_micros=1000",
         "--file_system_poll_wait_seconds=0"]))
     try:
         with pytest.raises(ConfigError) as info:
@@ -399,6 +400,9 @@ def test_a_model_that_fails_to_load_stops_the_start(tmp_path):
         "1 servable(s) did not become available: {{{name: a version: 1} due "
         "to error: DATA_LOSS: ")
     assert str(info.value).endswith("}, }")
+    # core/loader_harness.cc Load through util/retrier.cc Retry: 1 + 2 tries.
+    assert sum("Loading servable: {name: a version: 1} failed" in r.message
+               for r in caplog.records) == 3
 
 
 def _refused(port) -> bool:
@@ -436,3 +440,40 @@ def test_ports_answer_only_once_the_models_are_loaded(tmp_path):
         release.set()
         starter.join(60)
         srv.stop(grace=0)
+
+
+def test_saved_model_tags_choose_the_meta_graph(tmp_path):
+    # server.cc: --saved_model_tags split on ","; the TF loader wants a
+    # MetaGraphDef with exactly that tag set.
+    fx.copy_version(fx.shared_versions()[1], str(tmp_path / "a"), 1)
+    srv = server_lib.Server.from_args(_args([
+        "--port=0", "--model_name=a", f"--model_base_path={tmp_path / 'a'}",
+        "--saved_model_tags=serve,gpu", "--max_num_load_retries=0",
+        "--file_system_poll_wait_seconds=0"]))
+    try:
+        with pytest.raises(ConfigError) as info:
+            srv.start()
+    finally:
+        srv.stop(grace=0)
+    assert "NOT_FOUND: Could not find meta graph def matching supplied tags: " \
+           "{ serve gpu }." in str(info.value)
+
+
+def test_a_busy_rest_port_leaves_grpc_serving(tmp_path):
+    # server.cc BuildAndStart: "Failed to start HTTP Server at ..." is only
+    # logged; the gRPC server goes on.
+    fx.copy_version(fx.shared_versions()[1], str(tmp_path / "a"), 1)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        srv = fx.start_server_in_thread([
+            "--port=0", f"--rest_api_port={busy.getsockname()[1]}",
+            "--model_name=a", f"--model_base_path={tmp_path / 'a'}",
+            "--file_system_poll_wait_seconds=0"])
+        try:
+            assert srv.rest_port is None
+            with grpc.insecure_channel(srv.target) as channel:
+                stub = model_service_pb2_grpc.ModelServiceStub(channel)
+                assert _status(stub, "a") == [(1, "AVAILABLE")]
+        finally:
+            srv.stop(grace=0)

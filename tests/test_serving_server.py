@@ -72,6 +72,9 @@ model_config_list {{
         # no version is available yet when the config is first applied.
         "--allow_version_labels_for_unavailable_models",
         "--enable_grpc_healthcheck_service",
+        # A broken version fails at once (TF Serving's default: 5 retries,
+        # one minute apart).
+        "--max_num_load_retries=0",
         "--file_system_poll_wait_seconds", str(POLL)])
     channel = grpc.insecure_channel(server.target)
     yield {

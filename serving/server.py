@@ -4,8 +4,10 @@
         --model_name vae --model_base_path /models/vae
 
 serves every SavedModel under ``BASE/<integer version>/`` through the gRPC
-PredictionService / ModelService (and the standard health service) and, if
-``--rest_api_port`` is set, TF Serving's REST API.  It listens on
+PredictionService / ModelService (and, with --enable_grpc_healthcheck_service,
+the standard health service) and, if ``--rest_api_port`` is set, TF Serving's
+REST API.  Every flag of tensorflow_model_server is accepted
+(docs/serving-flags.md says which have no effect here).  It listens on
 127.0.0.1 unless ``--host`` says otherwise.  SIGTERM (or SIGINT) stops
 accepting requests, lets the ones in flight finish, then exits.
 """

@@ -104,10 +104,7 @@ def handle_reload_config_request(manager, request):
         logger.info("Config entry index : %d path : %s name : %s platform : "
                     "%s", index, mc.base_path, mc.name, mc.model_platform)
     try:
-        config_lib.validate_model_config_list(config.model_config_list,
-                                              manager.platforms())
-        models = config_lib.models_from_config_list(config.model_config_list)
-        manager.apply_config(models)
+        manager.reload_config_list(config.model_config_list)
     except config_lib.ConfigError as e:
         logger.error("ServerCore::ReloadConfig failed: %s", e)
         raise errors.ServingError(errors.code_from_name(e.code),

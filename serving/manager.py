@@ -21,6 +21,7 @@ import threading
 from typing import Callable, Optional
 
 from serving import errors
+from serving import config as config_lib
 from serving.config import ConfigError, ModelSpecConfig, parse_int
 from serving.servable import Servable, version_fingerprint
 
@@ -107,6 +108,7 @@ class ModelManager:
         self._tags = tuple(saved_model_tags)
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
+        self._config_lock = threading.Lock()
         self._models = {m.name: _Model(m) for m in models}
         self._warmup = warmup
         self._on_unload = on_unload
@@ -171,6 +173,18 @@ class ModelManager:
         Raises ConfigError with TF Serving's code and message; UNKNOWN when a
         newly added model has no available version after its loads.
         """
+        with self._config_lock:      # ServerCore's config_mu_
+            self._apply_config(models)
+
+    def reload_config_list(self, config_list) -> None:
+        """ServerCore::ReloadConfig for a ModelConfigList proto: validated
+        against the current config, then applied (see apply_config)."""
+        with self._config_lock:
+            config_lib.validate_model_config_list(config_list,
+                                                  self.platforms())
+            self._apply_config(config_lib.models_from_config_list(config_list))
+
+    def _apply_config(self, models: list) -> None:
         with self._lock:
             before = {n for n, m in self._models.items() if not m.removed}
         self.check_labels(models)

@@ -213,8 +213,12 @@ def main(argv=None) -> int:
                     "batch_timeout_micros { value: 2000 } "
                     "num_batch_threads { value: 2 } "
                     "max_enqueued_batches { value: 100 }")
+        monitoring = os.path.join(work, "monitoring.txt")
+        with open(monitoring, "w") as f:
+            f.write("prometheus_config { enable: true }")
         batching = fx.ServerProcess(
             ["--port", "0", "--rest_api_port", str(fx.free_port()),
+             "--monitoring_config_file", monitoring,
              "--model_name", "vae", "--model_base_path", base,
              "--file_system_poll_wait_seconds", "0", "--enable_batching",
              "--batching_parameters_file", params],

@@ -13,17 +13,35 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
+import re
 from typing import Optional
 
-from google.protobuf import text_format
+from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory,
+                             text_format)
 from tensorflow_serving.config import model_server_config_pb2
 
 from export.batching_proto import batching_parameters_class
 
 
+logger = logging.getLogger(__name__)
+
+TENSORFLOW_PLATFORM = "tensorflow"
+# The platforms tensorflow_model_server's default platform config serves.
+SUPPORTED_PLATFORMS = (TENSORFLOW_PLATFORM,)
+
+
 class ConfigError(ValueError):
-    """A configuration file or flag that cannot be used; the message says why."""
+    """A configuration file or flag that cannot be used; the message says why.
+
+    `code` is the status name TF Serving gives the same error.
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
+        super().__init__(message)
+        self.code = code
 
 
 # ---------------------------------------------------------------------------
@@ -145,6 +163,7 @@ class ModelSpecConfig:
     model_base_path: str          # BASE/NAME, holding the integer versions
     policy: VersionPolicy = VersionPolicy()
     labels: tuple = ()            # ((label, version), ...)
+    platform: str = TENSORFLOW_PLATFORM
 
     @property
     def label_map(self) -> dict:
@@ -155,69 +174,260 @@ def _policy_from_proto(policy_proto, model_name: str) -> VersionPolicy:
     which = policy_proto.WhichOneof("policy_choice")
     if which is None or which == "latest":
         n = policy_proto.latest.num_versions if which == "latest" else 0
-        n = n or 1
-        if n < 1:
-            raise ConfigError(f"model {model_name!r}: latest.num_versions "
-                              f"must be >= 1; got {n}")
-        return VersionPolicy("latest", num_versions=n)
+        # FileSystemStoragePathSource serves max(num_versions, 1) versions.
+        return VersionPolicy("latest", num_versions=max(n, 1))
     if which == "all":
         return VersionPolicy("all")
+    # An empty specific list is legal in TF Serving: nothing is served (and
+    # "No specific versions requested" is logged by the manager).
     versions = tuple(sorted(int(v) for v in policy_proto.specific.versions))
-    if not versions:
-        raise ConfigError(f"model {model_name!r}: a 'specific' version policy "
-                          f"needs at least one version")
     return VersionPolicy("specific", versions=versions)
 
 
-def models_from_config_proto(config, config_dir: str = ".") -> list:
-    """ModelSpecConfigs from a ModelServerConfig proto."""
-    if config.WhichOneof("config") == "custom_model_config":
-        raise ConfigError("custom_model_config is not supported; expected a "
-                          "model_config_list")
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_relative_path(base_path: str) -> bool:
+    """TF Serving's UriIsRelativePath: no URI scheme and no leading '/'."""
+    return not (_URI_SCHEME.match(base_path) or base_path.startswith("/"))
+
+
+def model_platform(mc) -> str:
+    """TF Serving's GetPlatform (server_core.cc) for one ModelConfig."""
+    if mc.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
+        if mc.model_platform:
+            raise ConfigError(
+                "Illegal setting both ModelServerConfig::model_type "
+                "(deprecated) and ModelServerConfig::model_platform, model "
+                f"name is {mc.name}")
+        if mc.model_type != model_server_config_pb2.TENSORFLOW:
+            raise ConfigError(f"ModelServerConfig::model_type choice "
+                              f"{mc.model_type} not supported.")
+        return TENSORFLOW_PLATFORM
+    if not mc.model_platform:
+        raise ConfigError(
+            "Illegal setting neither ModelServerConfig::model_type "
+            "(deprecated) nor ModelServerConfig::model_platform, model name "
+            f"is {mc.name}")
+    return mc.model_platform
+
+
+def validate_model_config_list(config_list, old_platforms=None) -> None:
+    """ServerCore::ReloadConfig's checks before anything is applied.
+
+    ValidateModelConfigList (no name twice, absolute base paths or URIs)
+    then, on a reload, ValidateNoModelsChangePlatforms; `old_platforms` is
+    {name: platform} of the models served now.  Raises ConfigError
+    (INVALID_ARGUMENT) with TF Serving's message.
+    """
+    names = set()
+    for mc in config_list.config:
+        if mc.name in names:
+            raise ConfigError(f"Illegal to list model {mc.name} multiple "
+                              f"times in config list")
+        names.add(mc.name)
+    for mc in config_list.config:
+        if is_relative_path(mc.base_path):
+            raise ConfigError(
+                f"Expected model {mc.name} to have an absolute path or URI; "
+                f"got base_path()={mc.base_path}")
+    if old_platforms:
+        for mc in config_list.config:
+            old = old_platforms.get(mc.name)
+            if old is None:
+                continue
+            new = model_platform(mc)
+            if new != old:
+                raise ConfigError(
+                    f"Illegal to change a model's platform. For model "
+                    f"{mc.name} platform was {old} and new platform "
+                    f"requested is {new}")
+
+
+def models_from_config_list(config_list) -> list:
+    """ModelSpecConfigs from a validated ModelConfigList (GetPlatform per
+    model, as AddModelsViaModelConfigList does)."""
     models = []
-    seen = set()
-    for mc in config.model_config_list.config:
-        if not mc.name:
-            raise ConfigError("a model config has no name")
-        if mc.name in seen:
-            raise ConfigError(f"model name {mc.name!r} appears twice in the "
-                              f"model config list")
-        seen.add(mc.name)
-        if not mc.base_path:
-            raise ConfigError(f"model {mc.name!r} has no base_path")
-        if mc.model_platform and mc.model_platform != "tensorflow":
-            raise ConfigError(f"model {mc.name!r}: model_platform "
-                              f"{mc.model_platform!r} is not supported; "
-                              f"expected 'tensorflow'")
-        base_path = mc.base_path
-        if not os.path.isabs(base_path):
-            base_path = os.path.join(config_dir, base_path)
+    for mc in config_list.config:
+        platform = model_platform(mc)
+        if platform not in SUPPORTED_PLATFORMS:
+            raise ConfigError(f"Model {mc.name} requests unsupported "
+                              f"platform {platform}")
         labels = tuple(sorted((k, int(v)) for k, v in mc.version_labels.items()))
         models.append(ModelSpecConfig(
-            name=mc.name, model_base_path=os.path.abspath(base_path),
+            name=mc.name, model_base_path=mc.base_path,
             policy=_policy_from_proto(mc.model_version_policy, mc.name),
-            labels=labels))
+            labels=labels, platform=platform))
     return models
 
 
-def parse_model_config(text: str, source: str = "<text>",
-                       config_dir: str = ".") -> list:
-    """Parses ModelServerConfig text into a list of ModelSpecConfig."""
+def models_from_config_proto(config) -> list:
+    """ModelSpecConfigs from a start-up ModelServerConfig proto.
+
+    An empty ModelServerConfig serves nothing ("Taking no action for empty
+    config."); custom_model_config stops the server as TF Serving's does.
+    """
+    which = config.WhichOneof("config")
+    if which is None:
+        logger.info("Taking no action for empty config.")
+        return []
+    if which == "custom_model_config":
+        raise ConfigError("ModelServer does not yet support custom model "
+                          "config.")
+    validate_model_config_list(config.model_config_list)
+    return models_from_config_list(config.model_config_list)
+
+
+def parse_model_server_config(text: str, source: str = "<text>"):
+    """A ModelServerConfig from text format, or ConfigError."""
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as e:
-        raise ConfigError(f"cannot parse model config {source}: {e}") from e
-    return models_from_config_proto(config, config_dir)
+        logger.error("Error parsing text-format "
+                     "tensorflow.serving.ModelServerConfig: %s", e)
+        raise ConfigError(f"Invalid protobuf file: {source} ({e})") from e
+    return config
+
+
+def parse_model_config(text: str, source: str = "<text>") -> list:
+    """Parses ModelServerConfig text into a list of ModelSpecConfig."""
+    return models_from_config_proto(parse_model_server_config(text, source))
+
+
+def read_model_server_config(path: str):
+    """The ModelServerConfig in the --model_config_file at `path`."""
+    return parse_model_server_config(_read(path, "--model_config_file"),
+                                     source=f"'{path}'")
 
 
 def load_model_config(path: str) -> list:
+    return models_from_config_proto(read_model_server_config(path))
+
+
+def _read(path: str, flag: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
-        raise ConfigError(f"cannot read --model_config_file {path!r}: "
-                          f"{e.strerror}") from e
-    # TF Serving resolves relative base paths against the working directory;
-    # so does the local server.
-    return parse_model_config(text, source=repr(path), config_dir=os.getcwd())
+        raise ConfigError(f"cannot read {flag} {path!r}: {e.strerror}") from e
+
+
+# ---------------------------------------------------------------------------
+# Other files named by flags: --monitoring_config_file, --ssl_config_file.
+# tensorflow-serving-api ships neither message; both are built here from
+# TF Serving's config/monitoring_config.proto and config/ssl_config.proto.
+# ---------------------------------------------------------------------------
+
+PROMETHEUS_DEFAULT_PATH = "/monitoring/prometheus/metrics"
+
+
+@functools.lru_cache(maxsize=None)
+def _config_messages():
+    F = descriptor_pb2.FieldDescriptorProto
+    pool = descriptor_pool.DescriptorPool()
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/config/server_flags_configs.proto",
+        package="tensorflow.serving", syntax="proto3")
+
+    def message(name, fields):
+        m = proto.message_type.add(name=name)
+        for field_name, number, kind in fields:
+            f = m.field.add(name=field_name, number=number,
+                            label=F.LABEL_OPTIONAL)
+            if kind.startswith("."):
+                f.type = F.TYPE_MESSAGE
+                f.type_name = kind
+            else:
+                f.type = {"bool": F.TYPE_BOOL, "string": F.TYPE_STRING}[kind]
+
+    message("PrometheusConfig", (("enable", 1, "bool"), ("path", 2, "string")))
+    message("MonitoringConfig", (
+        ("prometheus_config", 1, ".tensorflow.serving.PrometheusConfig"),))
+    message("SSLConfig", (("server_key", 1, "string"),
+                          ("server_cert", 2, "string"),
+                          ("custom_ca", 3, "string"),
+                          ("client_verify", 4, "bool")))
+    pool.Add(proto)
+    return {name: message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+        for name in ("MonitoringConfig", "SSLConfig")}
+
+
+def _parse_file(path: str, flag: str, message_name: str):
+    message = _config_messages()[message_name]()
+    text = _read(path, flag)
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        raise ConfigError(f"Invalid protobuf file: '{path}' ({flag}: {e})") from e
+    return message
+
+
+def load_prometheus_path(path: str) -> Optional[str]:
+    """The Prometheus path a --monitoring_config_file enables, or None.
+
+    As PrometheusExporter: an enabled config with no path serves at
+    /monitoring/prometheus/metrics.
+    """
+    config = _parse_file(path, "--monitoring_config_file", "MonitoringConfig")
+    prometheus = config.prometheus_config
+    if not prometheus.enable:
+        return None
+    return prometheus.path or PROMETHEUS_DEFAULT_PATH
+
+
+@dataclasses.dataclass(frozen=True)
+class SslConfig:
+    server_key: str
+    server_cert: str
+    custom_ca: str = ""
+    client_verify: bool = False
+
+
+def load_ssl_config(path: str) -> SslConfig:
+    config = _parse_file(path, "--ssl_config_file", "SSLConfig")
+    return SslConfig(server_key=config.server_key,
+                     server_cert=config.server_cert,
+                     custom_ca=config.custom_ca,
+                     client_verify=config.client_verify)
+
+
+def parse_grpc_channel_arguments(text: str) -> list:
+    """--grpc_channel_arguments "k=v,k2=v2" -> [(k, v)], as parseGrpcChannelArgs.
+
+    Values that parse as int32 are passed as ints, the rest as strings;
+    "a=b=c" keeps "b" as TF Serving does.  An entry without "=" (where TF
+    Serving reads past the end of its list) is refused, naming the entry.
+    """
+    if not text:
+        return []
+    result = []
+    for entry in text.split(","):
+        parts = entry.split("=")
+        if len(parts) < 2:
+            raise ConfigError(f"--grpc_channel_arguments: expected key=value; "
+                              f"got {entry!r} in {text!r}")
+        key, value = parts[0], parts[1]
+        number = parse_int(value, bits=32)
+        result.append((key, number if number is not None else value))
+    return result
+
+
+_ASCII_SPACE = " \t\n\v\f\r"
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_int(text: str, bits: int = 64) -> Optional[int]:
+    """absl::SimpleAtoi into a signed `bits`-bit int, or None.
+
+    Surrounding ASCII whitespace and one sign are allowed; only ASCII decimal
+    digits count (so "²" or "９９" are not numbers); out of range is None.
+    """
+    core = text.strip(_ASCII_SPACE)
+    if not _INT_TEXT.fullmatch(core):
+        return None
+    value = int(core)
+    if not -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
+        return None
+    return value

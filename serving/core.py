@@ -47,10 +47,12 @@ class ServingCore:
     """Predict, metadata, status and the TF Serving error semantics."""
 
     def __init__(self, manager: ModelManager, batcher: Optional[Batcher],
-                 metrics: Metrics):
+                 metrics: Metrics, tensor_content: bool = False):
         self.manager = manager
         self.batcher = batcher
         self.metrics = metrics
+        # --enable_serialization_as_tensor_content
+        self.tensor_content = tensor_content
         self._inflight = 0
         self._inflight_lock = threading.Condition()
 

@@ -1,8 +1,8 @@
 """Counters and gauges of the local server, in Prometheus text format.
 
-The REST port serves them at ``/monitoring/prometheus/metrics`` (TF Serving's
-path for its Prometheus exporter); tests and benchmarks read them there or
-through `Metrics.value` in process.
+The REST port serves them when --monitoring_config_file enables Prometheus,
+at its path (TF Serving's default ``/monitoring/prometheus/metrics``); tests
+and benchmarks read them there or through `Metrics.value` in process.
 """
 
 from __future__ import annotations

@@ -229,8 +229,14 @@ class _HttpServer(http.server.ThreadingHTTPServer):
 class RestFrontEnd:
     """ThreadingHTTPServer on the REST port, drained on stop."""
 
-    def __init__(self, core: ServingCore, host: str, port: int):
+    def __init__(self, core: ServingCore, host: str, port: int,
+                 cors: bool = False, timeout_ms=None, metrics_path=None):
         self.api = RestApi(core)
+        # --rest_api_enable_cors_support, --rest_api_timeout_in_ms and the
+        # Prometheus path of --monitoring_config_file (None: no endpoint).
+        self.cors = cors
+        self.timeout_ms = timeout_ms
+        self.metrics_path = metrics_path
         try:
             self.httpd = _HttpServer((host, port), _Handler)
         except OSError as e:

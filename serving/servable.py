@@ -28,8 +28,9 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
 
-def read_meta_graph(path: str) -> meta_graph_pb2.MetaGraphDef:
-    """The MetaGraphDef tagged "serve" of the SavedModel at `path`."""
+def read_meta_graph(path: str, tags=(SERVE_TAG,)) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraphDef of the SavedModel at `path` whose tag set is `tags`
+    (exactly, as TF's loader matches --saved_model_tags)."""
     pb = os.path.join(path, "saved_model.pb")
     pbtxt = os.path.join(path, "saved_model.pbtxt")
     saved_model = saved_model_pb2.SavedModel()
@@ -54,12 +55,14 @@ def read_meta_graph(path: str) -> meta_graph_pb2.MetaGraphDef:
         raise errors.not_found(
             f"Could not find SavedModel .pb or .pbtxt at supplied export "
             f"directory path: {path}")
+    wanted = set(tags)
     for meta_graph in saved_model.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
+        if set(meta_graph.meta_info_def.tags) == wanted:
             return meta_graph
     tag_sets = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
     raise errors.not_found(
-        f"Could not find meta graph def matching supplied tags: {{ {SERVE_TAG} }}."
+        f"Could not find meta graph def matching supplied tags: "
+        f"{{ {' '.join(tags)} }}."
         f" Tag sets in the SavedModel: {tag_sets}")
 
 
@@ -71,14 +74,15 @@ class Servable:
       signature_defs: every SignatureDef of the "serve" MetaGraphDef.
     """
 
-    def __init__(self, name: str, version: int, path: str):
+    def __init__(self, name: str, version: int, path: str,
+                 tags=(SERVE_TAG,)):
         self.name = name
         self.version = int(version)
         self.path = path
-        meta_graph = read_meta_graph(path)
+        meta_graph = read_meta_graph(path, tags)
         self.signature_defs = dict(meta_graph.signature_def)
         try:
-            self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
+            self._loaded = tf.saved_model.load(path, tags=list(tags))
         except Exception as e:  # noqa: BLE001 - reported as a load failure
             raise errors.from_exception(e) from e
         self._functions = dict(self._loaded.signatures)

@@ -29,13 +29,12 @@ def _options(argv):
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--port", "8500"], "Both --model_base_path and --model_config_file are "
-                         "empty"),
-    (["--model_base_path", "/m", "--model_config_file", "/c"], "not both"),
+    (["--port", "8500"], "Both server_options.model_base_path and "
+                         "server_options.model_config_file are empty!"),
     (["--model_base_path", "/m", "--port", "70000"], "--port must be in "
                                                      "[0, 65535]; got 70000"),
     (["--model_base_path", "/m", "--batching_parameters_file", "/b"],
-     "is set without --enable_batching"),
+     "is set without setting server_options.enable_batching to true."),
     (["--model_config_file", "/does/not/exist"], "cannot read "
                                                  "--model_config_file"),
 ])
@@ -58,9 +57,9 @@ def test_model_config_file_is_read(tmp_path):
     config = tmp_path / "models.config"
     config.write_text("""
 model_config_list {
-  config { name: "a" base_path: "/models/a"
+  config { name: "a" base_path: "/models/a" model_platform: "tensorflow"
            model_version_policy { latest { num_versions: 2 } } }
-  config { name: "b" base_path: "/models/b"
+  config { name: "b" base_path: "/models/b" model_platform: "tensorflow"
            model_version_policy { all {} }
            version_labels { key: "stable" value: 3 } }
 }""")
@@ -71,7 +70,8 @@ model_config_list {
     assert models["b"].label_map == {"stable": 3}
     config.write_text('model_config_list { config { name: "a" '
                       'base_path: "/m" model_platform: "onnx" } }')
-    with pytest.raises(ConfigError, match="model_platform 'onnx'"):
+    with pytest.raises(ConfigError,
+                       match="Model a requests unsupported platform onnx"):
         _options(["--model_config_file", str(config)])
 
 
@@ -104,8 +104,11 @@ def test_sigterm_drains_the_request_in_flight(tmp_path):
     params.write_text("max_batch_size { value: 64 } "
                       "batch_timeout_micros { value: 4000000 } "
                       "num_batch_threads { value: 1 }")
+    monitoring = tmp_path / "monitoring.txt"
+    monitoring.write_text("prometheus_config { enable: true }")
     proc = fx.ServerProcess([
         "--port", "0", "--rest_api_port", str(fx.free_port()),
+        "--monitoring_config_file", str(monitoring),
         "--model_name", "vae", "--model_base_path", str(tmp_path / "vae"),
         "--enable_batching", "--batching_parameters_file", str(params)],
         str(tmp_path / "server.log"))
@@ -149,7 +152,8 @@ def test_model_config_changes_are_applied(tmp_path):
 
     def config_text(names):
         return "model_config_list { " + " ".join(
-            f'config {{ name: "{n}" base_path: "{tmp_path / n}" }}'
+            f'config {{ name: "{n}" base_path: "{tmp_path / n}" '
+            f'model_platform: "tensorflow" }}'
             for n in names) + " }"
 
     config.write_text(config_text(["a"]))

@@ -68,6 +68,13 @@ model_config_list {{
     server = fx.start_server_in_thread([
         "--port", "0", "--rest_api_port", str(rest_port),
         "--model_config_file", str(config),
+        # Labels at start-up: TF Serving refuses them without this flag, as
+        # no version is available yet when the config is first applied.
+        "--allow_version_labels_for_unavailable_models",
+        "--enable_grpc_healthcheck_service",
+        # A broken version fails at once (TF Serving's default: 5 retries,
+        # one minute apart).
+        "--max_num_load_retries=0",
         "--file_system_poll_wait_seconds", str(POLL)])
     channel = grpc.insecure_channel(server.target)
     yield {

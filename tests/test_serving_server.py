@@ -485,8 +485,12 @@ def test_rest_status_and_metadata(env):
     ("POST", "/v1/models/vae:predict", b"{not json", 400, "JSON Parse error"),
     ("POST", "/v1/models/vae:predict", {"signature_name": "decode"}, 400,
      "Missing 'inputs' or 'instances' key"),
+    # Ragged rows: json_tensor.cc compares element sizes first
+    # (json_tensor_test.cc SingleUnnamedTensorErrors).
     ("POST", "/v1/models/vae:predict", {"instances": [[0, 0], [0]]}, 400,
-     "Expecting shape"),
+     "Expecting tensor size: 2 but got: 1"),
+    ("POST", "/v1/models/vae:predict", {"instances": [[0, 0], [[0, 0]]]}, 400,
+     "Expecting shape [2] but got: [1,2]"),
     ("POST", "/v1/models/vae:predict", {"instances": [[0, 0, 0]]}, 400,
      "not compatible"),
     ("POST", "/v1/models/vae:predict", {"signature_name": "generate",

@@ -47,12 +47,20 @@ class ServingCore:
     """Predict, metadata, status and the TF Serving error semantics."""
 
     def __init__(self, manager: ModelManager, batcher: Optional[Batcher],
-                 metrics: Metrics, tensor_content: bool = False):
+                 metrics: Metrics, tensor_content: bool = False,
+                 max_request_elements: int = tensors.MAX_REQUEST_ELEMENTS,
+                 max_response_elements: int = tensors.MAX_RESPONSE_ELEMENTS):
+        """tensor_content: answer Predict in TensorProto.tensor_content
+        (TF Serving's --enable_serialization_as_tensor_content) instead of
+        the typed *_val fields.  max_request_elements / max_response_elements:
+        the most tensor elements one request may declare / one answer may
+        hold (RESOURCE_EXHAUSTED beyond)."""
         self.manager = manager
+        self.tensor_content = tensor_content
+        self.max_request_elements = max_request_elements
+        self.max_response_elements = max_response_elements
         self.batcher = batcher
         self.metrics = metrics
-        # --enable_serialization_as_tensor_content
-        self.tensor_content = tensor_content
         self._inflight = 0
         self._inflight_lock = threading.Condition()
 
@@ -108,7 +116,8 @@ class ServingCore:
         make_model_spec(response.model_spec, request.model_spec.name,
                         servable.version, signature_name)
         for alias, value in outputs.items():
-            response.outputs[alias].CopyFrom(tensors.to_tensor_proto(value))
+            response.outputs[alias].CopyFrom(
+                tensors.encode_output(value, self.tensor_content))
         return response
 
     def run_signature(self, servable: Servable, signature_name: str,
@@ -116,7 +125,9 @@ class ServingCore:
                       batched: bool = True):
         """Validates and runs one signature; returns (name, {alias: array})."""
         signature_name, signature = servable.signature(signature_name)
-        arrays = servable.prepare_inputs(signature, inputs)
+        arrays = servable.prepare_inputs(signature, inputs,
+                                         self.max_request_elements)
+        _check_batch_sizes(arrays)
         seen = set()
         for alias in output_filter:
             if alias not in signature.outputs:
@@ -138,6 +149,13 @@ class ServingCore:
             raise errors.ServingError(
                 grpc.StatusCode.INTERNAL,
                 f"signature {signature_name} did not return outputs {missing}")
+        size = sum(int(np.size(outputs[a])) for a in wanted)
+        if size > self.max_response_elements:
+            raise errors.ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Response of signature {signature_name} would hold {size} "
+                f"elements; this server answers at most "
+                f"{self.max_response_elements} (max_response_elements)")
         return signature_name, {a: np.asarray(outputs[a]) for a in wanted}
 
     def warmup(self, servable: Servable) -> None:
@@ -247,6 +265,27 @@ class ServingCore:
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response
+
+
+def _check_batch_sizes(arrays: Mapping[str, np.ndarray]) -> None:
+    """Every input of a signature is batched on dimension 0 (SPEC.md), so
+    their 0th dimensions must agree.  TF Serving reports this only through
+    its batching session (batching/batching_util.h ComputeTensorBatchSize);
+    without batching the graph would fail model-dependently, so the local
+    server answers with the batching session's INVALID_ARGUMENT always."""
+    if len(arrays) < 2:
+        return
+    sizes = {alias: (int(a.shape[0]) if a.ndim else None)
+             for alias, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        if None in sizes.values():
+            raise errors.invalid_argument(
+                "Batching Run() input tensors must have at least one "
+                "dimension")
+        described = ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items()))
+        raise errors.invalid_argument(
+            f"Batching Run() input tensors must have equal 0th-dimension "
+            f"size ({described})")
 
 
 def _check_inference_signature(signature, method: str) -> None:

@@ -104,13 +104,16 @@ class Servable:
         return name, sig
 
     # -- requests -----------------------------------------------------------
-    def prepare_inputs(self, signature_def, request_inputs: Mapping) -> dict:
+    def prepare_inputs(self, signature_def, request_inputs: Mapping,
+                       max_elements: Optional[int] = None) -> dict:
         """Checks and decodes the inputs of a Predict request.
 
         `request_inputs` maps aliases to TensorProtos or numpy arrays.  The
         checks and their messages follow TF Serving's predict_util.cc and
         TensorFlow's saved_model/util.cc; dtype and shape are checked against
-        the signature's TensorInfo before anything runs.
+        the signature's TensorInfo before anything runs.  TensorProtos
+        declaring more than `max_elements` elements in all are refused
+        (RESOURCE_EXHAUSTED) before they are built.
         """
         sig_inputs = signature_def.inputs
         req_keys = sorted(request_inputs.keys())
@@ -138,7 +141,11 @@ class Servable:
                 array = value
             else:
                 try:
-                    array = tensors.to_numpy(value)
+                    array = tensors.to_numpy(value, max_elements)
+                except tensors.TensorTooLarge as e:
+                    raise errors.ServingError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"tensor too large: {alias} ({e})") from e
                 except tensors.TensorParseError as e:
                     raise errors.invalid_argument(
                         f"tensor parsing error: {alias} ({e})") from e
@@ -156,6 +163,8 @@ class Servable:
                     f"is not compatible with the signature's shape "
                     f"{[-1 if d is None else d for d in expected]}")
             arrays[alias] = array
+            if max_elements is not None:
+                max_elements -= array.size
         return arrays
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict:

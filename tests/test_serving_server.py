@@ -219,16 +219,21 @@ def test_response_in_tensor_content_and_val_fields_decode(env):
     tensor.float_val.extend(z.reshape(-1).tolist())
     response = env["predict_stub"].Predict(request, timeout=10)
     out = response.outputs["mean"]
-    assert out.tensor_content and not out.float_val
+    # TF Serving's default encoding: typed float_val, no tensor_content
+    # (predict_util.cc PostProcessPredictionResult, kAsProtoField).
+    assert out.float_val and not out.tensor_content
+    assert len(out.float_val) == np.prod([d.size for d in out.tensor_shape.dim])
     assert response.model_spec.version.value == 2
     assert response.model_spec.signature_name == "decode"
     mean = parse_predict_response(response)["mean"]
-    # The client decodes *_val responses too (the real TF Serving's default).
-    as_val = predict_pb2.PredictResponse()
-    as_val.outputs["mean"].dtype = types_pb2.DT_FLOAT
-    as_val.outputs["mean"].tensor_shape.CopyFrom(out.tensor_shape)
-    as_val.outputs["mean"].float_val.extend(mean.reshape(-1).tolist())
-    np.testing.assert_array_equal(parse_predict_response(as_val)["mean"], mean)
+    # The client decodes tensor_content responses too
+    # (--enable_serialization_as_tensor_content).
+    as_content = predict_pb2.PredictResponse()
+    as_content.outputs["mean"].dtype = types_pb2.DT_FLOAT
+    as_content.outputs["mean"].tensor_shape.CopyFrom(out.tensor_shape)
+    as_content.outputs["mean"].tensor_content = mean.astype("<f4").tobytes()
+    np.testing.assert_array_equal(parse_predict_response(as_content)["mean"],
+                                  mean)
     _close(mean, fx.reference_outputs(env["versions"][2], "decode",
                                       {"z": z})["mean"])
 
@@ -487,8 +492,12 @@ def test_rest_status_and_metadata(env):
     ("POST", "/v1/models/vae:predict", b"{not json", 400, "JSON Parse error"),
     ("POST", "/v1/models/vae:predict", {"signature_name": "decode"}, 400,
      "Missing 'inputs' or 'instances' key"),
+    # Ragged rows: json_tensor.cc compares element sizes first
+    # (json_tensor_test.cc SingleUnnamedTensorErrors).
     ("POST", "/v1/models/vae:predict", {"instances": [[0, 0], [0]]}, 400,
-     "Expecting shape"),
+     "Expecting tensor size: 2 but got: 1"),
+    ("POST", "/v1/models/vae:predict", {"instances": [[0, 0], [[0, 0]]]}, 400,
+     "Expecting shape [2] but got: [1,2]"),
     ("POST", "/v1/models/vae:predict", {"instances": [[0, 0, 0]]}, 400,
      "not compatible"),
     ("POST", "/v1/models/vae:predict", {"signature_name": "generate",

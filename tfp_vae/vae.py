@@ -38,7 +38,7 @@ from tfp_vae import likelihoods as likelihoods_lib
 from tfp_vae import posteriors as posteriors_lib
 from tfp_vae import priors as priors_lib
 from tfp_vae._backend import keras, tf, tfd
-from tfp_vae._training import TermsModel, known_input_shape
+from tfp_vae._training import TermsModel, as_float, known_input_shape
 
 OBJECTIVES = ("elbo", "iwae")
 KL_METHODS = ("auto", "analytic", "sampled")
@@ -217,7 +217,7 @@ class VAE(TermsModel):
 
     def posterior_params(self, x, training=False):
         """The encoder head's flat output, [B, posterior_family.params_size(D)]."""
-        return self.posterior_head(self.encoder(x, training=training))
+        return self.posterior_head(self.encoder(as_float(x), training=training))
 
     def posterior(self, x, training=False):
         """q(z|x): MultivariateNormalDiag or MultivariateNormalTriL, batch [B], event [D]."""
@@ -229,6 +229,7 @@ class VAE(TermsModel):
 
     def decoder_outputs(self, z, training=False):
         """Decoder applied to z of any leading shape [..., D] -> [..., *S]."""
+        z = as_float(z)
         flat, lead = _flatten_leading(z, 1)
         out = self.decoder(flat, training=training)
         shaped = tf.reshape(out, tf.concat([lead, tf.shape(out)[1:]], 0))
@@ -264,8 +265,7 @@ class VAE(TermsModel):
 
     def elbo(self, x, seed=None, num_samples=1):
         """Per-example ELBO in nats, Tensor [B] (KL in closed form where registered)."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        return self._terms(x, _as_seed(seed), num_samples=num_samples)["elbo"]
+        return self._terms(as_float(x), _as_seed(seed), num_samples=num_samples)["elbo"]
 
     def log_likelihood(self, x, num_samples=1000, seed=0, batch_size=100, max_rows=10000):
         """Importance-sampled log p(x) per example, Tensor [B].
@@ -280,7 +280,7 @@ class VAE(TermsModel):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = as_float(x)
         results = []
         for b, start in enumerate(range(0, int(x.shape[0]), batch_size)):
             xb = x[start : start + batch_size]
@@ -320,7 +320,7 @@ class VAE(TermsModel):
 
     def encode(self, x):
         """Posterior mean E_q[z], [B, D]."""
-        return self.posterior(tf.convert_to_tensor(x, tf.float32)).mean()
+        return self.posterior(x).mean()
 
     def reconstruct(self, x):
         """Mean of p(x|z) at the posterior mean, [B, *S]."""
@@ -328,7 +328,7 @@ class VAE(TermsModel):
 
     def decode_mean(self, z):
         """Mean of p(x|z), [B, *S]."""
-        return self.likelihood_layer.mean(self.decoder_outputs(tf.convert_to_tensor(z, tf.float32)))
+        return self.likelihood_layer.mean(self.decoder_outputs(z))
 
     @tf.function(reduce_retracing=True)
     def generate(self, seeds):

@@ -33,6 +33,9 @@ FAMILIES = [
     for pr in ("normal", "mog", "vamp")
     for lik in ("bernoulli", "gaussian")
 ] + [
+    dict(posterior="tril_source"),
+    dict(posterior="iaf"),
+    dict(posterior="iaf", prior="mog"),
     dict(objective="iwae", num_train_samples=5),
     dict(kl_warmup_epochs=2),
     dict(beta=4.0),
@@ -191,6 +194,7 @@ def test_serving_log_likelihood_matches_the_estimator(trained_vae, digits):
 @pytest.mark.parametrize("kwargs", [
     dict(prior="mog", likelihood=tfp_vae.likelihoods.Gaussian(learn_scale="pixel"), posterior="tril"),
     dict(prior=tfp_vae.priors.VampPrior(num_pseudo_inputs=4)),
+    dict(posterior=tfp_vae.posteriors.InverseAutoregressiveFlow(num_steps=3, hidden_units=16, context_size=8)),
 ])
 def test_save_and_load_give_identical_outputs(tmp_path, digits, kwargs):
     x, x_test, _ = digits
@@ -201,6 +205,9 @@ def test_save_and_load_give_identical_outputs(tmp_path, digits, kwargs):
     loaded = keras.models.load_model(path)
     assert type(loaded.prior_layer) is type(model.prior_layer)
     assert type(loaded.likelihood_layer) is type(model.likelihood_layer)
+    assert loaded.posterior_family.name == model.posterior_family.name
+    if hasattr(model.posterior_family, "get_config"):
+        assert loaded.posterior_family.get_config() == model.posterior_family.get_config()
     for method in ("reconstruct", "encode"):
         np.testing.assert_array_equal(getattr(loaded, method)(x_test).numpy(),
                                       getattr(model, method)(x_test).numpy())

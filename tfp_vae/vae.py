@@ -80,7 +80,9 @@ class VAE(TermsModel):
         dense head that emits the posterior's parameters.
       decoder: Keras model mapping z [B, D] to one number per data element [B, *S].
       latent_dim: D.
-      posterior: "diag" (MultivariateNormalDiag) or "tril" (MultivariateNormalTriL).
+      posterior: "diag" (MultivariateNormalDiag), "tril" (MultivariateNormalTriL with a damped
+        off-diagonal), "tril_source" (the source's Algorithm 2), "iaf" (inverse
+        autoregressive flow), or a ``posteriors.InverseAutoregressiveFlow`` layer.
       prior: None (standard normal), "normal", "mog", "vamp", or a ``priors.Prior``.
       likelihood: "bernoulli", "gaussian", or a ``likelihoods.Likelihood``.
       beta: weight of the KL term in the "elbo" objective.
@@ -132,7 +134,9 @@ class VAE(TermsModel):
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
-        self.posterior_family = posteriors_lib.get(posterior)
+        if isinstance(posterior, dict):  # a family layer's config, from get_config
+            posterior = keras.saving.deserialize_keras_object(posterior)
+        self.posterior_family = posteriors_lib.get(posterior).bind(latent_dim)
         self.prior_layer = priors_lib.get(prior)
         if self.prior_layer.latent_dim is None:
             self.prior_layer.latent_dim = latent_dim
@@ -202,7 +206,7 @@ class VAE(TermsModel):
             "encoder": ser(self.encoder),
             "decoder": ser(self.decoder),
             "latent_dim": self.latent_dim,
-            "posterior": self.posterior_family.name,
+            "posterior": posteriors_lib.serialize(self.posterior_family),
             "prior": ser(self.prior_layer),
             "likelihood": ser(self.likelihood_layer),
             "beta": self.beta,
@@ -220,7 +224,8 @@ class VAE(TermsModel):
         return self.posterior_head(self.encoder(as_float(x), training=training))
 
     def posterior(self, x, training=False):
-        """q(z|x): MultivariateNormalDiag or MultivariateNormalTriL, batch [B], event [D]."""
+        """q(z|x), batch [B], event [D]: MultivariateNormalDiag, MultivariateNormalTriL, or a
+        TransformedDistribution (iaf)."""
         return self.posterior_family.new(self.posterior_params(x, training), self.latent_dim)
 
     def prior(self):
@@ -242,11 +247,19 @@ class VAE(TermsModel):
     # ------------------------------------------------------------- quantities
 
     def _log_weights(self, x, num_samples, seed, training=False):
-        """Samples z ~ q and returns (q, z, log p(x|z), log p(z), log q(z|x)), each [k, B]."""
-        q = self.posterior(x, training=training)
-        z = q.sample(num_samples, seed=seed)
+        """Samples z ~ q and returns (q, z, log p(x|z), log p(z), log q(z|x)), each [k, B].
+
+        z and log q(z|x) come from the family's ``reparameterize`` on standard-normal
+        eps [k, B, D]: no density is evaluated by inverting the sampler.
+        """
+        params = self.posterior_params(x, training=training)
+        q = self.posterior_family.new(params, self.latent_dim)
+        eps = tf.random.stateless_normal(
+            tf.stack([num_samples, tf.shape(params)[0], self.latent_dim]), seed=seed
+        )
+        z, log_qz = self.posterior_family.reparameterize(params, self.latent_dim, eps)
         log_px_z = self.decode(z, training=training).log_prob(x)
-        return q, z, log_px_z, self.prior().log_prob(z), q.log_prob(z)
+        return q, z, log_px_z, self.prior().log_prob(z), log_qz
 
     def _terms(self, x, seed, training=False, num_samples=None):
         num_samples = num_samples or self.num_train_samples
@@ -319,8 +332,9 @@ class VAE(TermsModel):
         return _mean_exp_log(log_w), tf.reduce_mean(log_w, axis=0)
 
     def encode(self, x):
-        """Posterior mean E_q[z], [B, D]."""
-        return self.posterior(x).mean()
+        """The family's location of q(z|x), [B, D]: E_q[z] for diag and tril; for iaf the
+        flow applied to the base mean (z at eps = 0)."""
+        return self.posterior_family.location(self.posterior_params(x), self.latent_dim)
 
     def reconstruct(self, x):
         """Mean of p(x|z) at the posterior mean, [B, *S]."""

@@ -11,6 +11,7 @@ importance-sampled log p(x) with k samples on the first test digits. A candidate
   matched_<c>          damped_<c>, with the mu and log-sigma head columns initialized as diag's
   detached_<c>         matched_<c>, the encoder trunk receiving no gradient from the L' head
   iafgate_<b>          the iaf family with gate_bias b
+  softdiag, softtril_<c>  diag, and tril's start with damping c, with sigma = softplus(raw) + 1e-5
 
 The library's families (diag, tril, tril_source) are screened under their own names.
 
@@ -98,7 +99,32 @@ def _iafgate(b):
     return cls
 
 
+def _soft(name):
+    """A family with sigma = softplus(raw) + 1e-5, as tfp.layers parameterizes scales.
+
+    softdiag: the diag family; softtril_<c>: the tril family's start with damping c.
+    """
+    def loc_scale(params, latent_dim):
+        loc, raw = tf.split(params, [latent_dim, latent_dim], axis=-1)
+        return loc, tf.nn.softplus(raw) + 1e-5
+
+    if name == "softdiag":
+        return type("SoftDiag", (posteriors.DiagonalGaussian,),
+                    {"name": name, "_loc_scale": staticmethod(loc_scale)})
+    c = float(name.partition("_")[2])
+
+    def scale_tril(cls, raw_scale, l_prime):
+        d = raw_scale.shape[-1]
+        lower = tf.linalg.band_part(l_prime, -1, 0) - tf.linalg.band_part(l_prime, 0, 0)
+        return c * lower + tf.linalg.diag(tf.nn.softplus(raw_scale) + 1e-5)
+
+    return type(f"SoftTril{c}", (posteriors.DampedFullCovarianceGaussian,),
+                {"name": name, "scale_tril": classmethod(scale_tril)})
+
+
 def candidate(name):
+    if name.startswith("soft"):
+        return posteriors.register(_soft(name))
     if name in posteriors.names():
         return posteriors.get(name)
     kind, _, c = name.partition("_")

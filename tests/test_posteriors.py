@@ -8,7 +8,7 @@ import pytest
 
 import tfp_vae
 from tfp_vae import posteriors
-from tfp_vae._backend import bounded_scale, keras, tf, tfd
+from tfp_vae._backend import MIN_LOG_SCALE, bounded_scale, keras, tf, tfd
 
 RNG = np.random.default_rng(11)
 D, B = 3, 4
@@ -27,6 +27,11 @@ def random_params(family, batch=B, latent_dim=D, scale=0.4):
 def randomize_weights(layer, scale=0.3):
     for w in layer.weights:
         w.assign(scale * RNG.normal(size=w.shape).astype(np.float32))
+
+
+def softplus_scale(raw):
+    """sigma of diag, tril and the iaf base, by hand: log(1 + e^raw) + exp(MIN_LOG_SCALE)."""
+    return np.logaddexp(0.0, np.asarray(raw, np.float64)) + math.exp(MIN_LOG_SCALE)
 
 
 def log_std_normal(eps):
@@ -55,16 +60,18 @@ def test_gaussian_reparameterize_is_loc_plus_scale_eps_with_the_distributions_de
     np.testing.assert_allclose(family.location(params, D).numpy(), q.mean().numpy(), rtol=1e-6)
 
 
-def test_default_tril_damps_the_off_diagonal_by_a_tenth():
+def test_default_tril_damps_the_off_diagonal_by_a_hundredth():
     d = 4
     log_sigma = RNG.normal(size=(3, d)).astype(np.float32)
     l_prime = RNG.normal(size=(3, d, d)).astype(np.float32)
     L = posteriors.get("tril").scale_tril(tf.constant(log_sigma), tf.constant(l_prime)).numpy()
-    sigma = bounded_scale(log_sigma).numpy()
-    np.testing.assert_allclose(L, 0.1 * np.tril(l_prime, k=-1) + np.stack([np.diag(s) for s in sigma]),
+    sigma = softplus_scale(log_sigma)
+    np.testing.assert_allclose(L, 0.01 * np.tril(l_prime, k=-1) + np.stack([np.diag(s) for s in sigma]),
                                rtol=1e-6)
     source = posteriors.get("tril_source").scale_tril(tf.constant(log_sigma), tf.constant(l_prime))
-    np.testing.assert_allclose(np.diagonal(source.numpy(), axis1=1, axis2=2), sigma, rtol=1e-6)
+    # The source's construction keeps sigma = exp(log sigma) (softly bounded).
+    np.testing.assert_allclose(np.diagonal(source.numpy(), axis1=1, axis2=2),
+                               bounded_scale(log_sigma).numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["diag", "tril", "tril_source", "iaf"])
@@ -121,7 +128,7 @@ def test_iaf_log_q_is_the_base_density_minus_the_log_determinant_of_the_flow():
     params = random_params(family)
     eps = tf.constant(RNG.normal(size=(B, D)), tf.float32)
     loc, log_sigma = params[:, :D], params[:, D : 2 * D]
-    sigma = bounded_scale(log_sigma)
+    sigma = tf.constant(softplus_scale(log_sigma), tf.float32)
     with tf.GradientTape() as tape:
         z0 = loc + sigma * eps
         tape.watch(z0)
@@ -142,7 +149,7 @@ def test_an_untrained_iaf_is_a_scaled_diagonal_gaussian():
     family.build()
     params = random_params(family)
     c = (1 / (1 + math.exp(-2.0))) ** 2
-    loc, sigma = params[:, :D].numpy(), bounded_scale(params[:, D : 2 * D]).numpy()
+    loc, sigma = params[:, :D].numpy(), softplus_scale(params[:, D : 2 * D]).astype(np.float32)
     gaussian = tfd.MultivariateNormalDiag(c * loc, c * sigma)
     eps = tf.random.stateless_normal([7, B, D], seed=[1, 1])
     z, log_q = family.reparameterize(params, D, eps)
@@ -186,3 +193,21 @@ def test_a_vae_with_an_iaf_posterior_samples_the_kl_and_tracks_the_flow_weights(
     q = model.posterior(np.zeros((2, 6)))
     assert "TransformedDistribution" in type(q).__name__ and q.event_shape == [D]
     assert q.sample(5, seed=[1, 2]).shape == [5, 2, D]
+
+
+def test_default_tril_head_starts_like_the_diag_head():
+    """mu and log sigma weights drawn with the diag head's Glorot limit; L' weights zero."""
+    d, features = 16, 256
+    heads = {}
+    for name in ("diag", "tril"):
+        family = posteriors.get(name)
+        head = keras.layers.Dense(family.params_size(d))
+        head.build((None, features))
+        keras.utils.set_random_seed(0)
+        family.initialize_head(head, d)
+        heads[name] = head.kernel.numpy()
+    limit = math.sqrt(6 / (features + 2 * d))
+    for kernel in heads.values():
+        assert np.abs(kernel[:, : 2 * d]).max() <= limit
+        assert np.abs(kernel[:, : 2 * d]).max() > 0.95 * limit  # the full range is used
+    assert np.all(heads["tril"][:, 2 * d :] == 0)

@@ -244,10 +244,10 @@ def _vae_plan(model, decoder_only, num_ll_samples, latent_dim, data_shape):
     if not decoder_only:
 
         def encode(x):
-            q = model.posterior(x)
-            return _shaped(
-                {"loc": q.mean(), "scale_tril": q.scale.to_dense()}, specs[contract.ENCODE]
-            )
+            # Each posterior family says what its encoding is: q's mean and scale for
+            # the Gaussians, the flow linearized at the base mean for iaf.
+            loc, scale_tril = model.posterior_family.encoding(model.posterior_params(x), latent_dim)
+            return _shaped({"loc": loc, "scale_tril": scale_tril}, specs[contract.ENCODE])
 
         def reconstruct(x):
             return _shaped({"mean": model.reconstruct(x)}, specs[contract.RECONSTRUCT])

@@ -206,7 +206,12 @@ def reference_outputs(model, kind, signature, inputs, num_ll_samples=None):
             out = {"code": model.encode(t["x"])}
         else:
             q = model.posterior(t["x"])
-            out = {"loc": q.mean(), "scale_tril": q.scale.to_dense()}
+            if hasattr(q, "scale"):  # Gaussian: the distribution's own mean and scale
+                out = {"loc": q.mean(), "scale_tril": q.scale.to_dense()}
+            else:  # a flow has no affine scale; its family defines the encoding
+                loc, scale_tril = model.posterior_family.encoding(
+                    model.posterior_params(t["x"]), model.latent_dim)
+                out = {"loc": loc, "scale_tril": scale_tril}
     elif signature == contract.RECONSTRUCT:
         out = {"mean": model.reconstruct(t["x"])}
     elif signature == contract.LOG_LIKELIHOOD:

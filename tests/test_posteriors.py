@@ -211,3 +211,44 @@ def test_default_tril_head_starts_like_the_diag_head():
         assert np.abs(kernel[:, : 2 * d]).max() <= limit
         assert np.abs(kernel[:, : 2 * d]).max() > 0.95 * limit  # the full range is used
     assert np.all(heads["tril"][:, 2 * d :] == 0)
+
+
+@pytest.mark.parametrize("name", ["diag", "tril", "tril_source"])
+def test_gaussian_encoding_is_the_mean_and_scale_of_q(name):
+    family = bound(name)
+    params = random_params(family)
+    q = family.new(params, D)
+    loc, scale_tril = family.encoding(params, D)
+    np.testing.assert_allclose(loc.numpy(), q.mean().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(scale_tril.numpy(), q.scale.to_dense().numpy(), rtol=1e-6)
+
+
+def test_made_jacobian_matches_autodiff():
+    net = posteriors.AutoregressiveNetwork(4, hidden_units=16)
+    net.build((None, 4), (None, 3))
+    randomize_weights(net)
+    z = tf.constant(RNG.normal(size=(5, 4)), tf.float32)
+    context = tf.constant(RNG.normal(size=(5, 3)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(z)
+        shift, gate = net(z, context)
+    for closed, out in zip(net.jacobian(z, context), (shift, gate)):
+        np.testing.assert_allclose(closed.numpy(), tape.batch_jacobian(out, z).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_iaf_encoding_is_the_flow_linearized_at_the_base_mean():
+    family = posteriors.InverseAutoregressiveFlow(num_steps=3, hidden_units=16, context_size=4).bind(D)
+    family.build()
+    for network in family.networks:
+        randomize_weights(network)
+    params = random_params(family)
+    eps = tf.zeros([B, D])
+    with tf.GradientTape() as tape:
+        tape.watch(eps)
+        z, _ = family.reparameterize(params, D, eps)
+    jac = tape.batch_jacobian(z, eps).numpy().astype(np.float64)
+    loc, scale_tril = family.encoding(params, D)
+    np.testing.assert_allclose(loc.numpy(), z.numpy(), rtol=1e-6)
+    L = scale_tril.numpy()
+    assert np.all(np.triu(L, 1) == 0) and np.all(np.diagonal(L, axis1=1, axis2=2) > 0)
+    np.testing.assert_allclose(L @ np.swapaxes(L, 1, 2), jac @ np.swapaxes(jac, 1, 2), rtol=1e-4, atol=1e-5)

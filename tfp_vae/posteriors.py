@@ -95,6 +95,12 @@ class DiagonalGaussian:
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
 
     @classmethod
+    def encoding(cls, params, latent_dim):
+        """(loc, scale_tril) of q, [B, D] and [B, D, D]: mu and diag(sigma)."""
+        loc, scale = cls._loc_scale(params, latent_dim)
+        return loc, tf.linalg.diag(scale)
+
+    @classmethod
     def reparameterize(cls, params, latent_dim, eps):
         """z = mu + sigma * eps;  log q(z|x) = sum log N(eps; 0, 1) - sum log sigma."""
         loc, scale = cls._loc_scale(params, latent_dim)
@@ -158,6 +164,11 @@ class FullCovarianceGaussian:
     def new(cls, params, latent_dim):
         loc, scale_tril = cls._loc_scale_tril(params, latent_dim)
         return tfd.MultivariateNormalTriL(loc=loc, scale_tril=scale_tril)
+
+    @classmethod
+    def encoding(cls, params, latent_dim):
+        """(loc, scale_tril) of q, [B, D] and [B, D, D]: mu and L."""
+        return cls._loc_scale_tril(params, latent_dim)
 
     @classmethod
     def reparameterize(cls, params, latent_dim, eps):
@@ -255,15 +266,28 @@ class AutoregressiveNetwork(keras.layers.Layer):
     def call(self, z, context):
         hidden = tf.nn.relu(
             tf.linalg.matmul(z, self.input_kernel * self._input_mask)
-            + tf.linalg.matmul(context, self.context_kernel)
+            + tf.tensordot(context, self.context_kernel, axes=1)
             + self.hidden_bias
         )
         out = (
             tf.linalg.matmul(hidden, self.output_kernel * self._output_mask)
-            + tf.linalg.matmul(context, self.context_output_kernel)
+            + tf.tensordot(context, self.context_output_kernel, axes=1)
             + self.output_bias
         )
         return tf.split(out, 2, axis=-1)
+
+    def jacobian(self, z, context):
+        """(d shift / d z, d pre_gate / d z), each [..., B, D, D] (output i, input j), in closed form."""
+        pre = (
+            tf.linalg.matmul(z, self.input_kernel * self._input_mask)
+            + tf.tensordot(context, self.context_kernel, axes=1)
+            + self.hidden_bias
+        )
+        active = tf.cast(pre > 0, z.dtype)  # relu' [..., H]
+        w_in = self.input_kernel * self._input_mask  # [D, H]
+        w_out = self.output_kernel * self._output_mask  # [H, 2D]
+        jac = tf.einsum("ho,...h,jh->...oj", w_out, active, w_in)  # [..., 2D, D]
+        return tf.split(jac, 2, axis=-2)
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim,
@@ -401,6 +425,34 @@ class InverseAutoregressiveFlow(keras.layers.Layer):
         z, log_det = self._flow(loc + scale * eps, context)
         base = standard_normal_log_prob(eps) - tf.reduce_sum(tf.math.log(scale), axis=-1)
         return z, base - log_det
+
+    def encoding(self, params, latent_dim):
+        """(loc, scale_tril), [B, D] and [B, D, D]: the flow linearized at eps = 0.
+
+        loc = z(0), the flow applied to the base mean (``location``); scale_tril is the
+        Cholesky factor of J J^T with J = dz/deps at eps = 0, so N(loc, J J^T) is the
+        Gaussian the flow's first-order expansion around the base mean gives. It is
+        computed in closed form from the MADE weights (no autodiff in the graph).
+        """
+        loc, scale, context = self._split(params, latent_dim)
+        z = loc
+        jac = tf.linalg.diag(scale)  # dz_0 / deps
+        flip = tf.reverse(tf.eye(latent_dim, dtype=z.dtype), axis=[-1])
+        for t, network in enumerate(self.networks):
+            if t % 2:
+                z, jac = tf.reverse(z, axis=[-1]), tf.linalg.matmul(flip, jac)
+            shift, pre_gate = network(z, context)
+            d_shift, d_pre = network.jacobian(z, context)
+            gate = tf.sigmoid(pre_gate)
+            # z' = g z + (1 - g) m:  dz'/dz = diag(g) + (z - m) g (1 - g) dpre/dz + (1 - g) dm/dz
+            step = (tf.linalg.diag(gate)
+                    + ((z - shift) * gate * (1.0 - gate))[..., :, None] * d_pre
+                    + (1.0 - gate)[..., :, None] * d_shift)
+            z = gate * z + (1.0 - gate) * shift
+            jac = tf.linalg.matmul(step, jac)
+            if t % 2:
+                z, jac = tf.reverse(z, axis=[-1]), tf.linalg.matmul(flip, jac)
+        return z, tf.linalg.cholesky(tf.linalg.matmul(jac, jac, transpose_b=True))
 
     def location(self, params, latent_dim):
         """z at eps = 0: the flow applied to the base mean mu (not E_q[z])."""

@@ -51,7 +51,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
-    jit_compile: bool = True  # XLA for the training step (bench/bench_speed.py)
+    jit_compile: bool = False  # XLA for the training step; not faster here (bench/bench_speed.py)
     # evaluation
     eval_samples: int = 1000
     eval_examples: Optional[int] = None  # None: the whole test split

@@ -1,27 +1,36 @@
-"""Held-out log-likelihood of posterior and prior families at equal training budget.
+"""Held-out log-likelihood of posterior families, and of the tfp.layers peer, at equal budget.
 
-Four VAEs on mnist5k -- {diagonal, full-covariance} posterior x {standard normal,
-mixture-of-Gaussians} prior -- are built with ``tfp_vae.train.build_model`` from one
-``TrainConfig`` that differs only in ``posterior`` and ``prior``: same network, latent
-size, epochs, batch size, learning rate, seed and data split. Training follows
-``tfp-vae train`` (same split, seeding, optimizer, validation data and, with
-``--binarize dynamic``, the same re-binarized batches every epoch).
+Project models: ``tfp_vae.VAE`` built with ``tfp_vae.train.build_model`` from one
+``TrainConfig`` that differs only in ``posterior`` (and ``prior``): same network, latent
+size, epochs, batch size, learning rate, seed and data split, trained as ``tfp-vae
+train`` trains (same split, seeding, optimizer, validation data and, with ``--binarize
+dynamic``, the same re-binarized batches every epoch).
 
-Each model is then scored on the same held-out test examples:
+Peer models (``--peer``): the same MLP written with TFP's own Keras layers on tf_keras
+(bench/tfp_layers_peer.py): ``tfpl.IndependentNormal`` or ``tfpl.MultivariateNormalTriL``
+encoder, ``tfpl.IndependentBernoulli`` decoder, the exact KL against N(0, I) added by
+``tfpl.KLDivergenceRegularizer`` and counted once (its weight is set to 1/2 after
+measuring that the training loss holds it twice, tensorflow/probability#1215), trained
+on the same batches (same pipeline and seed), epochs, Adam learning rate and
+validation data.
 
-  LL    importance-sampled log p(x) with k samples, ``model.log_likelihood(x, k)``
-  ELBO  ``model.elbo(x)`` averaged over ``--elbo-samples`` posterior draws per example
+Every model -- project and peer alike -- is scored by the same code (bench/estimator.py),
+on the same test digits, with the same seeds:
 
-The full-covariance posterior starts out diagonal (the library zeroes the head weights
-that emit L'); with the Dense layer's random start it scored ~8 nats lower here.
+  LL    importance-sampled log p(x) with k samples
+  ELBO  E_q[log p(x|z) + log p(z) - log q(z|x)] from ``--elbo-samples`` draws
 
-Both are mean nats per example. ``+-`` is the standard error over test examples;
-"dLL" is each model's LL minus the first model's, with the standard error of the
-paired per-example differences (the models see the same test examples).
+Both in mean nats per example. With several ``--seeds`` every model is trained and
+scored once per seed (the seed sets initialization, data order and binarization, and the
+estimator's draws); the table gives the mean over seeds and the spread (standard
+deviation over seeds, and the range), and "dLL" each model's LL minus the first model's,
+paired by seed. "ahead of its peer" compares each project model with its tfp.layers
+counterpart (diag with IndependentNormal, tril and tril_source with
+MultivariateNormalTriL) seed by seed.
 
 Usage:
-  python bench/bench_quality.py --json /tmp/quality.json
-  python bench/bench_quality.py --latent-dim 8 --epochs 20 --test-examples 500 --only diag/normal tril/normal
+  python bench/bench_quality.py --epochs 30 --seeds 0 1 2 --peer --json quality.json
+  python bench/bench_quality.py --epochs 20 --test-examples 300 --only diag/normal iaf/normal
 """
 
 import argparse
@@ -30,6 +39,7 @@ import math
 import time
 
 import _common  # noqa: F401  (sets TensorFlow's log level before it is imported)
+import estimator
 import keras
 import numpy as np
 
@@ -37,45 +47,88 @@ from tfp_vae import data as data_lib
 from tfp_vae import train as train_lib
 from tfp_vae.config import TrainConfig
 
-COMBINATIONS = (("diag", "normal"), ("tril", "normal"), ("diag", "mog"), ("tril", "mog"))
+COMBINATIONS = (
+    ("diag", "normal"), ("tril", "normal"), ("tril_source", "normal"), ("iaf", "normal"),
+    ("diag", "mog"), ("tril", "mog"), ("iaf", "mog"),
+)
+DEFAULT = (("diag", "normal"), ("tril", "normal"), ("tril_source", "normal"), ("iaf", "normal"))
+PEERS = ("IndependentNormal", "MultivariateNormalTriL")
+COUNTERPART = {"diag": "IndependentNormal", "tril": "MultivariateNormalTriL",
+               "tril_source": "MultivariateNormalTriL"}
+
+
+def _training_data(x_train, config):
+    if config.binarize == "dynamic":
+        return data_lib.binarized_batches(x_train, config.batch_size, seed=config.seed), {"shuffle": False}
+    return x_train, {"batch_size": config.batch_size, "shuffle": True}
+
+
+def _score(fns, x_test, args, seed):
+    start = time.perf_counter()
+    ll = estimator.importance_log_likelihood(*fns, x_test, num_samples=args.num_samples, seed=seed)
+    elbo = estimator.elbo(*fns, x_test, num_samples=args.elbo_samples, seed=seed)
+    seconds = time.perf_counter() - start
+    if not (np.all(np.isfinite(ll)) and np.all(np.isfinite(elbo))):
+        raise FloatingPointError("non-finite scores")
+    return ll, elbo, seconds
 
 
 def train_and_score(config, splits, args, label):
+    """Trains one tfp_vae model as ``tfp-vae train`` does and scores it; a result row."""
     (x_train, _), (x_val, _), (x_test, _) = splits
     keras.utils.set_random_seed(config.seed)
     model = train_lib.build_model(config, x_train.shape[1:])
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    if config.binarize == "dynamic":
-        train_data = data_lib.binarized_batches(x_train, config.batch_size, seed=config.seed)
-        fit_kwargs = {"shuffle": False}  # the pipeline shuffles every epoch itself
-    else:
-        train_data, fit_kwargs = x_train, {"batch_size": config.batch_size, "shuffle": True}
+    train_data, fit_kwargs = _training_data(x_train, config)
     start = time.perf_counter()
     history = model.fit(
         train_data, epochs=config.epochs, validation_data=(x_val,) if len(x_val) else None,
         callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0, **fit_kwargs,
     ).history
     train_seconds = time.perf_counter() - start
+    ll, elbo, eval_seconds = _score(estimator.for_tfp_vae(model), x_test, args, config.seed)
+    return _row(label, config.prior, model.kl_method, config.seed, ll, elbo, train_seconds,
+                eval_seconds, history.get("elbo", [None])[-1])
 
+
+def train_and_score_peer(kind, config, splits, args):
+    """Trains the tfp.layers peer on the same batches and scores it with the same estimator."""
+    import tf_keras
+    import tfp_layers_peer as peer
+
+    (x_train, _), (x_val, _), (x_test, _) = splits
+    tf_keras.utils.set_random_seed(config.seed)
+    probe = (x_train[: config.batch_size] > 0.5).astype(np.float32)
+    vae, encoder, decoder, prior, held = peer.build_counting_kl_once(
+        kind, tuple(x_train.shape[1:]), probe, latent_dim=config.latent_dim, hidden=tuple(config.hidden))
+    vae.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate), loss=peer.negative_log_likelihood)
+    train_data, fit_kwargs = _training_data(x_train, config)
+    if config.binarize == "dynamic":
+        train_data = train_data.map(lambda x: (x, x))
+    else:
+        train_data, fit_kwargs = (x_train, x_train), fit_kwargs
     start = time.perf_counter()
-    ll = model.log_likelihood(x_test, num_samples=args.num_samples, seed=config.seed).numpy()
-    elbo = model.elbo(x_test, seed=config.seed, num_samples=args.elbo_samples).numpy()
-    eval_seconds = time.perf_counter() - start
-    if not (np.all(np.isfinite(ll)) and np.all(np.isfinite(elbo))):
-        raise FloatingPointError(f"{label}/{config.prior}: non-finite scores.")
-    last = {k: float(v[-1]) for k, v in history.items()}
+    if isinstance(train_data, tuple):
+        history = vae.fit(*train_data, epochs=config.epochs, validation_data=(x_val, x_val),
+                          verbose=0, **fit_kwargs).history
+    else:
+        history = vae.fit(train_data, epochs=config.epochs, validation_data=(x_val, x_val),
+                          verbose=0, **fit_kwargs).history
+    train_seconds = time.perf_counter() - start
+    ll, elbo, eval_seconds = _score(estimator.for_peer(encoder, decoder, prior), x_test, args, config.seed)
+    row = _row(f"tfp.layers {kind}", "normal", f"exact, held {held}x, weight 1/{held}", config.seed,
+               ll, elbo, train_seconds, eval_seconds, -history["loss"][-1])
+    return row
+
+
+def _row(label, prior, kl, seed, ll, elbo, train_seconds, eval_seconds, train_elbo):
     return {
-        "posterior": label,
-        "prior": config.prior,
-        "kl_method": model.kl_method,
+        "model": label, "prior": prior, "kl": kl, "seed": seed,
         "log_likelihood": float(ll.mean()),
         "log_likelihood_se": float(ll.std(ddof=1) / math.sqrt(len(ll))),
         "elbo": float(elbo.mean()),
-        "elbo_se": float(elbo.std(ddof=1) / math.sqrt(len(elbo))),
-        "train_elbo_last_epoch": last.get("elbo"),
-        "val_elbo_last_epoch": last.get("val_elbo"),
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
+        "train_elbo_last_epoch": None if train_elbo is None else float(train_elbo),
+        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
         "per_example_log_likelihood": ll.tolist(),
     }
 
@@ -86,7 +139,7 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, nargs="+", default=[512, 256],
                    help="MLP hidden sizes (default 512 256)")
     p.add_argument("--latent-dim", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--num-components", type=int, default=10, help="mixture components")
@@ -98,9 +151,10 @@ def parse_args(argv=None):
     p.add_argument("--test-examples", type=int, default=None,
                    help="score the first N test examples (default: all 1,000)")
     p.add_argument("--only", nargs="+", metavar="POSTERIOR/PRIOR",
-                   help="models to train, from diag/normal tril/normal diag/mog tril/mog "
-                        "(default: all four)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="project models, from " + " ".join("/".join(c) for c in COMBINATIONS)
+                        + " (default: " + " ".join("/".join(c) for c in DEFAULT) + ")")
+    p.add_argument("--peer", action="store_true", help="also train and score the tfp.layers peers")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
     for name in ("latent_dim", "epochs", "batch_size", "num_samples", "elbo_samples"):
@@ -108,7 +162,7 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
     if args.num_samples < 1000:
         print(f"note: --num-samples {args.num_samples} is below 1000")
-    combos = COMBINATIONS
+    combos = DEFAULT
     if args.only:
         wanted = [tuple(s.split("/")) for s in args.only]
         unknown = [w for w in wanted if w not in COMBINATIONS]
@@ -116,8 +170,37 @@ def parse_args(argv=None):
             p.error(f"unknown combinations {unknown}; choose from "
                     + " ".join("/".join(c) for c in COMBINATIONS))
         combos = tuple(wanted)
+    if args.peer and args.network != "mlp":
+        p.error("the tfp.layers peer is written for the mlp network")
     args.combinations = combos
     return args
+
+
+def summarize(rows):
+    """One line per model: mean over seeds, spread, dLL paired by seed against the first model."""
+    names = list(dict.fromkeys((r["model"], r["prior"]) for r in rows))
+    by = {n: {r["seed"]: r for r in rows if (r["model"], r["prior"]) == n} for n in names}
+    ref = names[0]
+    table = []
+    for n in names:
+        seeds = sorted(by[n])
+        ll = np.array([by[n][s]["log_likelihood"] for s in seeds])
+        elbo = np.array([by[n][s]["elbo"] for s in seeds])
+        common = [s for s in seeds if s in by[ref]]
+        dll = np.array([by[n][s]["log_likelihood"] - by[ref][s]["log_likelihood"] for s in common])
+        table.append({
+            "model": n[0], "prior": n[1], "kl": by[n][seeds[0]]["kl"], "seeds": seeds,
+            "log_likelihood_mean": float(ll.mean()),
+            "log_likelihood_sd_over_seeds": float(ll.std(ddof=1)) if len(ll) > 1 else 0.0,
+            "log_likelihood_min": float(ll.min()), "log_likelihood_max": float(ll.max()),
+            "log_likelihood_per_seed": ll.tolist(),
+            "log_likelihood_se_within_seed": float(np.mean([by[n][s]["log_likelihood_se"] for s in seeds])),
+            "elbo_mean": float(elbo.mean()),
+            "delta_log_likelihood_mean": float(dll.mean()),
+            "delta_log_likelihood_per_seed": dll.tolist(),
+            "train_seconds_median": float(np.median([by[n][s]["train_seconds"] for s in seeds])),
+        })
+    return table
 
 
 def main(argv=None):
@@ -128,7 +211,7 @@ def main(argv=None):
         latent_dim=args.latent_dim, num_components=args.num_components,
         binarize=None if args.binarize == "none" else args.binarize,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        seed=args.seed, eval_samples=args.num_samples, eval_examples=args.test_examples,
+        seed=args.seeds[0], eval_samples=args.num_samples, eval_examples=args.test_examples,
         pictures=False,
     ).validate()
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = train_lib.load_splits(base)
@@ -139,41 +222,56 @@ def main(argv=None):
           f"{len(x_val)}, test {len(x_test)} examples of shape {tuple(x_train.shape[1:])}")
     print(f"budget (all models): network={args.network} hidden={tuple(args.hidden)} "
           f"latent_dim={args.latent_dim} epochs={args.epochs} batch={args.batch_size} "
-          f"Adam({args.learning_rate}) seed={args.seed}; mog prior: {args.num_components} "
-          f"components; LL with k={args.num_samples}, ELBO with {args.elbo_samples} samples")
+          f"Adam({args.learning_rate}) seeds={args.seeds}; mog prior: {args.num_components} "
+          f"components; LL with k={args.num_samples}, ELBO with {args.elbo_samples} samples, "
+          "both by bench/estimator.py for every model")
 
     rows = []
-    for posterior, prior in args.combinations:
-        config = dataclasses.replace(base, posterior=posterior, prior=prior).validate()
-        row = train_and_score(config, splits, args, posterior)
-        rows.append(row)
-        print(f"  {posterior}/{prior}: LL {row['log_likelihood']:.2f}  ELBO {row['elbo']:.2f}  "
-              f"(train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s, "
-              f"load {_common.load_average()})", flush=True)
+    started = time.perf_counter()
+    for seed in args.seeds:
+        jobs = [(p, pr) for p, pr in args.combinations] + ([("peer", k) for k in PEERS] if args.peer else [])
+        for first, second in jobs:
+            if first == "peer":
+                config = dataclasses.replace(base, seed=seed).validate()
+                row = train_and_score_peer(second, config, splits, args)
+            else:
+                config = dataclasses.replace(base, posterior=first, prior=second, seed=seed).validate()
+                row = train_and_score(config, splits, args, first)
+            rows.append(row)
+            print(f"  seed {seed} {row['model']}/{row['prior']}: LL {row['log_likelihood']:.2f}  "
+                  f"ELBO {row['elbo']:.2f}  (train {row['train_seconds']:.0f} s, eval "
+                  f"{row['eval_seconds']:.0f} s, load {_common.load_average()})", flush=True)
 
-    reference = np.asarray(rows[0]["per_example_log_likelihood"])
-    for row in rows:
-        diff = np.asarray(row["per_example_log_likelihood"]) - reference
-        row["delta_log_likelihood"] = float(diff.mean())
-        row["delta_log_likelihood_se"] = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-
-    ref_name = f"{rows[0]['posterior']}/{rows[0]['prior']}"
-    print(f"\nheld-out scores, nats per example (mean +- standard error over {len(x_test)} "
-          f"test examples; higher is better)")
-    header = (f"  {'posterior':9s} {'prior':6s} {'KL':8s} {'LL (k=' + str(args.num_samples) + ')':>18s} "
-              f"{'ELBO':>16s} {'LL-ELBO':>8s} {'dLL vs ' + ref_name:>22s} {'train s':>8s} {'eval s':>7s}")
-    print(header)
-    for r in rows:
-        print(f"  {r['posterior']:9s} {r['prior']:6s} {r['kl_method']:8s} "
-              f"{r['log_likelihood']:10.2f} +- {r['log_likelihood_se']:4.2f} "
-              f"{r['elbo']:8.2f} +- {r['elbo_se']:4.2f} {r['log_likelihood'] - r['elbo']:8.2f} "
-              f"{r['delta_log_likelihood']:+14.2f} +- {r['delta_log_likelihood_se']:4.2f} "
-              f"{r['train_seconds']:8.0f} {r['eval_seconds']:7.0f}")
+    table = summarize(rows)
+    ref = f"{table[0]['model']}/{table[0]['prior']}"
+    print(f"\nheld-out scores, nats per example, higher is better: mean over seeds {args.seeds} "
+          f"(sd over seeds; range); {len(x_test)} test digits; total {time.perf_counter() - started:.0f} s")
+    print(f"  {'model':34s} {'prior':6s} {'LL':>8s} {'sd':>5s} {'range':>16s} {'ELBO':>8s} "
+          f"{'dLL vs ' + ref:>18s} {'train s':>8s}")
+    for t in table:
+        print(f"  {t['model']:34s} {t['prior']:6s} {t['log_likelihood_mean']:8.2f} "
+              f"{t['log_likelihood_sd_over_seeds']:5.2f} "
+              f"{t['log_likelihood_min']:7.2f}..{t['log_likelihood_max']:7.2f} {t['elbo_mean']:8.2f} "
+              f"{t['delta_log_likelihood_mean']:+18.2f} {t['train_seconds_median']:8.0f}")
+    if args.peer:
+        print("\nproject model against its tfp.layers counterpart, per seed (LL difference, nats):")
+        peers = {t["model"]: t for t in table}
+        for t in table:
+            kind = COUNTERPART.get(t["model"])
+            if kind is None or t["prior"] != "normal" or f"tfp.layers {kind}" not in peers:
+                continue
+            other = peers[f"tfp.layers {kind}"]
+            diffs = [a - b for a, b in zip(t["log_likelihood_per_seed"], other["log_likelihood_per_seed"])]
+            ahead = all(d > 0 for d in diffs)
+            speed = other["train_seconds_median"] / t["train_seconds_median"]
+            print(f"  {t['model']:12s} vs {kind:24s} " + " ".join(f"{d:+.2f}" for d in diffs)
+                  + f"  -> {'ahead on every seed' if ahead else 'NOT ahead on every seed'}; "
+                  f"peer train time / project = {speed:.2f}")
     if args.json:
         config = {k: v for k, v in vars(args).items() if k != "combinations"}
         config["combinations"] = ["/".join(c) for c in args.combinations]
-        table = [{k: v for k, v in r.items() if k != "per_example_log_likelihood"} for r in rows]
-        _common.write_json(args.json, {"environment": env, "args": config, "results": table})
+        slim = [{k: v for k, v in r.items() if k != "per_example_log_likelihood"} for r in rows]
+        _common.write_json(args.json, {"environment": env, "args": config, "summary": table, "runs": slim})
         print(f"wrote {args.json}")
     return rows
 

@@ -140,8 +140,10 @@ def _resolve(template, latent_dim, data_shape):
 
 
 def _vae_encode(model, options, x):
-    q = model.posterior(x)
-    return {"loc": q.mean(), "scale_tril": q.scale.to_dense()}
+    # Each posterior family says what its encoding is: q's mean and scale for the
+    # Gaussians, the flow linearized at the base mean for iaf.
+    loc, scale_tril = model.posterior_family.encoding(model.posterior_params(x), model.latent_dim)
+    return {"loc": loc, "scale_tril": scale_tril}
 
 
 def _log_likelihood(model, options, x, seed):

@@ -226,7 +226,10 @@ def _tracked_layers(model, kind, decoder_only, view):
         track = [model.decoder, model.likelihood_layer]
         if decoder_only:
             return track + [view.prior_source]
-        return track + [model.encoder, model.posterior_head, model.prior_layer]
+        track += [model.encoder, model.posterior_head, model.prior_layer]
+        if isinstance(model.posterior_family, keras.layers.Layer):  # a flow has weights
+            track.append(model.posterior_family)
+        return track
     if not decoder_only:
         return [model]
     decoder = getattr(model, "decoder", None)

@@ -27,10 +27,23 @@ def test_bounded_scale_is_exp_in_the_middle_and_bounded_at_the_ends():
     assert extremes.max() <= math.exp(MAX_LOG_SCALE) * 1.001
 
 
+def softplus_scale(raw):
+    """The diag family's sigma, by hand: log(1 + e^raw) + exp(MIN_LOG_SCALE)."""
+    return np.logaddexp(0.0, raw) + math.exp(MIN_LOG_SCALE)
+
+
+def test_softplus_scale_is_softplus_above_its_floor():
+    from tfp_vae._backend import softplus_scale as library
+
+    raw = np.array([-1e4, -20.0, -1.0, 0.0, 1.0, 30.0], np.float32)
+    np.testing.assert_allclose(library(raw).numpy(), softplus_scale(raw), rtol=1e-6)
+    assert library(tf.constant(-1e4)).numpy() == np.float32(math.exp(MIN_LOG_SCALE))
+
+
 def test_diagonal_kl_matches_hand_formula():
     loc, log_sigma = diag_params(7, 5)
     q = DiagonalGaussian.new(tf.concat([loc, log_sigma], -1), 5)
-    sigma = bounded_scale(log_sigma).numpy()
+    sigma = softplus_scale(log_sigma)
     hand = 0.5 * np.sum(sigma**2 + loc**2 - np.log(sigma**2) - 1.0, axis=-1)
     prior = tfp_vae.priors.StandardNormal(latent_dim=5).distribution()
     np.testing.assert_allclose(tfd.kl_divergence(q, prior).numpy(), hand, rtol=1e-5)

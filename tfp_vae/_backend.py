@@ -5,6 +5,7 @@ The backend is chosen when Keras is first imported; we only set a default here a
 refuse to run on another backend with a message that says how to fix it.
 """
 
+import math
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -41,4 +42,14 @@ def bounded_scale(log_scale):
     return tf.exp(MAX_LOG_SCALE - tf.nn.softplus(MAX_LOG_SCALE - lower))
 
 
-__all__ = ["keras", "tf", "tfp", "tfd", "tfb", "bounded_scale"]
+def softplus_scale(raw):
+    """softplus(raw) + exp(MIN_LOG_SCALE): a scale that grows linearly, not exponentially.
+
+    The parameterization tfp.layers uses for its Normal layers. A network output near 0
+    gives sigma ~ 0.69 (not 1), and the gradient d sigma / d raw = sigmoid(raw) never
+    exceeds 1, so large outputs do not blow sigma up.
+    """
+    return tf.nn.softplus(raw) + math.exp(MIN_LOG_SCALE)
+
+
+__all__ = ["keras", "tf", "tfp", "tfd", "tfb", "bounded_scale", "softplus_scale"]

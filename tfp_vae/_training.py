@@ -92,7 +92,18 @@ class TermsModel(keras.Model):
 def features(data):
     """x from what fit() passes: x, (x,), (x, y) or (x, y, sample_weight)."""
     x = data[0] if isinstance(data, (tuple, list)) else data
-    return tf.cast(x, tf.float32)
+    return as_float(x)
+
+
+def as_float(x):
+    """A float32 tensor from a NumPy array, a list or a tensor of any float dtype.
+
+    Every public method takes what Keras takes; the models' mathematics needs float32
+    tensors with a static rank.
+    """
+    if isinstance(x, (tf.Tensor, tf.Variable)) and x.dtype == tf.float32:
+        return x
+    return tf.cast(tf.convert_to_tensor(x), tf.float32)
 
 
 def known_input_shape(encoder):

@@ -18,7 +18,7 @@ summed over data elements per example, averaged over the batch.
 """
 
 from tfp_vae._backend import keras, tf, tfd
-from tfp_vae._training import TermsModel, known_input_shape
+from tfp_vae._training import TermsModel, as_float, known_input_shape
 
 LOSSES = ("bce", "mse")
 SPARSITY = (None, "l1", "kl")
@@ -131,14 +131,15 @@ class Autoencoder(TermsModel):
 
     def encode(self, x, training=False):
         """The code f(x), [B, latent_dim]."""
-        return self.code_layer(self.encoder(tf.convert_to_tensor(x, tf.float32), training=training))
+        return self.code_layer(self.encoder(as_float(x), training=training))
 
     def decoder_outputs(self, codes, training=False):
-        return self.decoder(codes, training=training)
+        """The decoder's raw output g(code) (logits for "bce"), [B, *S]."""
+        return self.decoder(as_float(codes), training=training)
 
     def decode_mean(self, codes):
         """g(code) as data: sigmoid of the logits for "bce", the raw output for "mse"."""
-        out = self.decoder_outputs(tf.convert_to_tensor(codes, tf.float32))
+        out = self.decoder_outputs(codes)
         return tf.sigmoid(out) if self.loss_name == "bce" else out
 
     def reconstruct(self, x):
@@ -149,6 +150,7 @@ class Autoencoder(TermsModel):
 
     def corrupt(self, x, seed):
         """The training-time corruption of x (identity when noise is None)."""
+        x = as_float(x)
         if self.noise == "gaussian":
             return x + self.noise_level * tf.random.stateless_normal(tf.shape(x), seed)
         if self.noise == "mask":
@@ -158,6 +160,7 @@ class Autoencoder(TermsModel):
 
     def reconstruction_loss(self, x, outputs):
         """Per-example reconstruction loss summed over data elements, [B]."""
+        x, outputs = as_float(x), as_float(outputs)
         axes = list(range(1, len(x.shape)))
         if self.loss_name == "bce":
             per_element = tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=outputs)
@@ -167,6 +170,7 @@ class Autoencoder(TermsModel):
 
     def penalty(self, codes):
         """The sparsity penalty of a batch of codes (0 when sparsity is None)."""
+        codes = as_float(codes)
         if self.sparsity == "l1":
             return self.sparsity_weight * tf.reduce_mean(tf.reduce_sum(tf.abs(codes), axis=-1))
         if self.sparsity == "kl":

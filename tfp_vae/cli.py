@@ -19,10 +19,13 @@ _TRAIN_HELP = {
     "binarize": "none, static (once) or dynamic (re-drawn every epoch)",
     "validation_fraction": "fraction of the training split held out for validation",
     "model": "vae, or ae for a deterministic autoencoder",
-    "network": "mlp or conv (the 32x32 convolutional network)",
+    "network": "mlp, conv (the 32x32 convolutional network) or linear (PCA's special case)",
     "hidden": "hidden layer sizes of the mlp network",
     "latent_dim": "size of the latent code z",
-    "posterior": "diag (MultivariateNormalDiag) or tril (MultivariateNormalTriL)",
+    "jit_compile": "compile the training step with XLA (default false: it measured no faster on CPU; same result "
+                   "up to float rounding; export is unaffected)",
+    "posterior": "diag (MultivariateNormalDiag), tril (MultivariateNormalTriL, damped off-diagonal), "
+                 "tril_source (the source's Algorithm 2) or iaf (inverse autoregressive flow)",
     "prior": "normal, mog (learnable mixture of Gaussians) or vamp (VampPrior)",
     "num_components": "mixture components (mog) or pseudo-inputs (vamp)",
     "likelihood": "bernoulli or gaussian",

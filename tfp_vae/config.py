@@ -51,6 +51,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
+    jit_compile: bool = False  # XLA for the training step; not faster here (bench/bench_speed.py)
     # evaluation
     eval_samples: int = 1000
     eval_examples: Optional[int] = None  # None: the whole test split
@@ -109,6 +110,8 @@ class TrainConfig:
             raise ValueError(
                 f"seed={self.seed!r} is not valid; expected an integer in [0, 2**32 - 1]."
             )
+        if not isinstance(self.jit_compile, bool):
+            raise ValueError(f"jit_compile={self.jit_compile!r} is not valid; expected true or false.")
         if not self.hidden or any(not isinstance(h, int) or h <= 0 for h in self.hidden):
             raise ValueError(f"hidden={self.hidden!r} is not valid; expected positive integers.")
         positive_float("validation_fraction", allow_zero=True, upper=1)

@@ -5,6 +5,9 @@ parameters or the code); decoders map z to one unconstrained number per data ele
 (logits or an unsquashed mean; the likelihood decides how to read them).
 
 ``mlp``   Flatten -> Dense(h, relu) for each hidden size; the decoder mirrors it.
+``linear`` Flatten; the decoder is one Dense layer and a Reshape. With the models' linear
+          code layer and an MSE loss this is the autoencoder whose optimum spans the
+          principal subspace: PCA as the linear special case (tests/test_pca.py).
 ``conv``  The source's 32x32 network: Conv2D 32/64/128, 3x3, stride 2, ReLU, same
           padding -> Flatten; decoder Dense(H/8 * W/8 * 128) -> Reshape ->
           Conv2DTranspose 128/64/32 stride 2 -> Conv2D(channels). Needs H and W
@@ -87,7 +90,20 @@ def conv_decoder(latent_dim, data_shape=(32, 32, 1), name="decoder"):
     return keras.Sequential(layers, name=name)
 
 
-_NETWORKS = {"mlp": (mlp_encoder, mlp_decoder), "conv": (conv_encoder, conv_decoder)}
+def linear_encoder(data_shape, name="encoder"):
+    data_shape = _check_shape(data_shape)
+    return keras.Sequential([keras.Input(shape=data_shape), keras.layers.Flatten()], name=name)
+
+
+def linear_decoder(latent_dim, data_shape, name="decoder"):
+    return mlp_decoder(latent_dim, data_shape, hidden=(), name=name)
+
+
+_NETWORKS = {
+    "mlp": (mlp_encoder, mlp_decoder),
+    "conv": (conv_encoder, conv_decoder),
+    "linear": (linear_encoder, linear_decoder),
+}
 
 
 def build(name, latent_dim, data_shape, hidden=None):

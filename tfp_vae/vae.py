@@ -40,7 +40,7 @@ from tfp_vae import likelihoods as likelihoods_lib
 from tfp_vae import posteriors as posteriors_lib
 from tfp_vae import priors as priors_lib
 from tfp_vae._backend import keras, tf, tfd
-from tfp_vae._training import TermsModel, known_input_shape
+from tfp_vae._training import TermsModel, as_float, known_input_shape
 from tfp_vae import philox
 from tfp_vae.row_sampling import POSTERIOR, sample_rows, seed_rows
 
@@ -64,7 +64,9 @@ class VAE(TermsModel):
         dense head that emits the posterior's parameters.
       decoder: Keras model mapping z [B, D] to one number per data element [B, *S].
       latent_dim: D.
-      posterior: "diag" (MultivariateNormalDiag) or "tril" (MultivariateNormalTriL).
+      posterior: "diag" (MultivariateNormalDiag), "tril" (MultivariateNormalTriL with a damped
+        off-diagonal), "tril_source" (the source's Algorithm 2), "iaf" (inverse
+        autoregressive flow), or a ``posteriors.InverseAutoregressiveFlow`` layer.
       prior: None (standard normal), "normal", "mog", "vamp", or a ``priors.Prior``.
       likelihood: "bernoulli", "gaussian", or a ``likelihoods.Likelihood``.
       beta: weight of the KL term in the "elbo" objective.
@@ -116,7 +118,9 @@ class VAE(TermsModel):
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
-        self.posterior_family = posteriors_lib.get(posterior)
+        if isinstance(posterior, dict):  # a family layer's config, from get_config
+            posterior = keras.saving.deserialize_keras_object(posterior)
+        self.posterior_family = posteriors_lib.get(posterior).bind(latent_dim)
         self.prior_layer = priors_lib.get(prior)
         if self.prior_layer.latent_dim is None:
             self.prior_layer.latent_dim = latent_dim
@@ -186,7 +190,7 @@ class VAE(TermsModel):
             "encoder": ser(self.encoder),
             "decoder": ser(self.decoder),
             "latent_dim": self.latent_dim,
-            "posterior": self.posterior_family.name,
+            "posterior": posteriors_lib.serialize(self.posterior_family),
             "prior": ser(self.prior_layer),
             "likelihood": ser(self.likelihood_layer),
             "beta": self.beta,
@@ -201,10 +205,11 @@ class VAE(TermsModel):
 
     def posterior_params(self, x, training=False):
         """The encoder head's flat output, [B, posterior_family.params_size(D)]."""
-        return self.posterior_head(self.encoder(x, training=training))
+        return self.posterior_head(self.encoder(as_float(x), training=training))
 
     def posterior(self, x, training=False):
-        """q(z|x): MultivariateNormalDiag or MultivariateNormalTriL, batch [B], event [D]."""
+        """q(z|x), batch [B], event [D]: MultivariateNormalDiag, MultivariateNormalTriL, or a
+        TransformedDistribution (iaf)."""
         return self.posterior_family.new(self.posterior_params(x, training), self.latent_dim)
 
     def prior(self):
@@ -213,6 +218,7 @@ class VAE(TermsModel):
 
     def decoder_outputs(self, z, training=False):
         """Decoder applied to z of any leading shape [..., D] -> [..., *S]."""
+        z = as_float(z)
         flat, lead = _flatten_leading(z, 1)
         out = self.decoder(flat, training=training)
         shaped = tf.reshape(out, tf.concat([lead, tf.shape(out)[1:]], 0))
@@ -225,11 +231,19 @@ class VAE(TermsModel):
     # ------------------------------------------------------------- quantities
 
     def _log_weights(self, x, num_samples, seed, training=False):
-        """Samples z ~ q and returns (q, z, log p(x|z), log p(z), log q(z|x)), each [k, B]."""
-        q = self.posterior(x, training=training)
-        z = q.sample(num_samples, seed=seed)
+        """Samples z ~ q and returns (q, z, log p(x|z), log p(z), log q(z|x)), each [k, B].
+
+        z and log q(z|x) come from the family's ``reparameterize`` on standard-normal
+        eps [k, B, D]: no density is evaluated by inverting the sampler.
+        """
+        params = self.posterior_params(x, training=training)
+        q = self.posterior_family.new(params, self.latent_dim)
+        eps = tf.random.stateless_normal(
+            tf.stack([num_samples, tf.shape(params)[0], self.latent_dim]), seed=seed
+        )
+        z, log_qz = self.posterior_family.reparameterize(params, self.latent_dim, eps)
         log_px_z = self.decode(z, training=training).log_prob(x)
-        return q, z, log_px_z, self.prior().log_prob(z), q.log_prob(z)
+        return q, z, log_px_z, self.prior().log_prob(z), log_qz
 
     def _terms(self, x, seed, training=False, num_samples=None):
         num_samples = num_samples or self.num_train_samples
@@ -248,8 +262,7 @@ class VAE(TermsModel):
 
     def elbo(self, x, seed=None, num_samples=1):
         """Per-example ELBO in nats, Tensor [B] (KL in closed form where registered)."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        return self._terms(x, _as_seed(seed), num_samples=num_samples)["elbo"]
+        return self._terms(as_float(x), _as_seed(seed), num_samples=num_samples)["elbo"]
 
     def log_likelihood(self, x, num_samples=1000, seed=0, batch_size=100, max_rows=10000):
         """Importance-sampled log p(x) per example, Tensor [B].
@@ -264,7 +277,7 @@ class VAE(TermsModel):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = as_float(x)
         results = []
         for b, start in enumerate(range(0, int(x.shape[0]), batch_size)):
             xb = x[start : start + batch_size]
@@ -300,8 +313,9 @@ class VAE(TermsModel):
         return _mean_exp_log(log_w), tf.reduce_mean(log_w, axis=0)
 
     def encode(self, x):
-        """Posterior mean E_q[z], [B, D]."""
-        return self.posterior(tf.convert_to_tensor(x, tf.float32)).mean()
+        """The family's location of q(z|x), [B, D]: E_q[z] for diag and tril; for iaf the
+        flow applied to the base mean (z at eps = 0)."""
+        return self.posterior_family.location(self.posterior_params(x), self.latent_dim)
 
     def reconstruct(self, x):
         """Mean of p(x|z) at the posterior mean, [B, *S]."""
@@ -309,7 +323,7 @@ class VAE(TermsModel):
 
     def decode_mean(self, z):
         """Mean of p(x|z), [B, *S]."""
-        return self.likelihood_layer.mean(self.decoder_outputs(tf.convert_to_tensor(z, tf.float32)))
+        return self.likelihood_layer.mean(self.decoder_outputs(z))
 
     @tf.function(reduce_retracing=True)
     def generate(self, seeds):

@@ -14,11 +14,10 @@ from typing import Mapping, Optional
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (get_model_metadata_pb2,
-                                     get_model_status_pb2, model_management_pb2,
-                                     model_pb2, predict_pb2)
+                                     get_model_status_pb2, model_pb2,
+                                     predict_pb2)
 
 from export import contract
-from serving import config as config_lib
 from serving import errors, tensors
 from serving.batching import Batcher
 from serving.manager import ModelManager
@@ -253,18 +252,6 @@ class ServingCore:
                     f"Unsupported signature method_name: {task.method_name}")
             _check_inference_signature(signature, task.method_name)
         raise _inference_unimplemented("MultiInference", ",".join(sorted(names)))
-
-    # -- ModelService.HandleReloadConfigRequest -----------------------------
-    def reload_config(self, request) -> model_management_pb2.ReloadConfigResponse:
-        try:
-            models = config_lib.models_from_config_proto(request.config)
-        except config_lib.ConfigError as e:
-            raise errors.invalid_argument(str(e)) from e
-        self.manager.set_models(models)
-        self.manager.poll_once()
-        response = model_management_pb2.ReloadConfigResponse()
-        response.status.error_code = 0
-        return response
 
 
 def _check_batch_sizes(arrays: Mapping[str, np.ndarray]) -> None:

@@ -173,6 +173,19 @@ def reference_outputs(path: str, signature: str, inputs: dict) -> dict:
 # Servers.
 # ---------------------------------------------------------------------------
 
+def start_one_model_server(root):
+    """Version 1 of the shared model under root/vae, served in this process on
+    free gRPC and REST ports, without polling (loaded once)."""
+    fx_base = os.path.join(str(root), "vae")
+    copy_version(shared_versions()[1], fx_base, 1)
+    srv = start_server_in_thread([
+        "--port", "0", "--rest_api_port", str(free_port()),
+        "--model_name", "vae", "--model_base_path", fx_base,
+        "--file_system_poll_wait_seconds", "-1"])
+    srv.manager.poll_once()
+    return srv
+
+
 def start_server_in_thread(argv: list):
     """Starts the local server in this process; returns the running Server."""
     import argparse

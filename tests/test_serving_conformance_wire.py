@@ -29,13 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wire")
-    fx.copy_version(fx.shared_versions()[1], str(root / "vae"), 1)
-    srv = fx.start_server_in_thread([
-        "--port", "0", "--rest_api_port", str(fx.free_port()),
-        "--model_name", "vae", "--model_base_path", str(root / "vae"),
-        "--file_system_poll_wait_seconds", "-1"])
-    srv.manager.poll_once()
+    srv = fx.start_one_model_server(tmp_path_factory.mktemp("wire"))
     channel = grpc.insecure_channel(srv.target)
     yield {"server": srv, "rest": ("127.0.0.1", srv.rest_port),
            "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel)}

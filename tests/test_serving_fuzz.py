@@ -39,13 +39,7 @@ KEYS = ["z", "x", "seed", "", "zz", "\u00e9"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    fx.copy_version(fx.shared_versions()[1], str(root / "vae"), 1)
-    srv = fx.start_server_in_thread([
-        "--port", "0", "--rest_api_port", str(fx.free_port()),
-        "--model_name", "vae", "--model_base_path", str(root / "vae"),
-        "--file_system_poll_wait_seconds", "-1"])
-    srv.manager.poll_once()
+    srv = fx.start_one_model_server(tmp_path_factory.mktemp("fuzz"))
     channel = grpc.insecure_channel(srv.target)
     yield {"server": srv, "channel": channel,
            "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),

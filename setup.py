@@ -27,6 +27,11 @@ setup(
         "grpcio>=1.60,<2",
         "grpcio-health-checking>=1.60,<2",  # the standard gRPC health service of the server
     ],
-    extras_require={"test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"]},
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+        # Batch generation and scoring on Apache Beam (`--runner beam`). Beam needs
+        # protobuf<7, so pip then picks a grpcio-health-checking that accepts it.
+        "beam": ["apache-beam==2.77.0"],
+    },
     entry_points={"console_scripts": ["tfp-vae=serving.cli:main"]},
 )

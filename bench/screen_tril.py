@@ -12,6 +12,10 @@ importance-sampled log p(x) with k samples on the first test digits. A candidate
   detached_<c>         matched_<c>, the encoder trunk receiving no gradient from the L' head
   iafgate_<b>          the iaf family with gate_bias b
   softdiag, softtril_<c>  diag, and tril's start with damping c, with sigma = softplus(raw) + 1e-5
+  tril_<c>             the library's tril (softplus sigma, diag's exact head start) with damping c
+  iaf_<T>x<H>[g<b>]    the iaf family with T steps, H hidden units per MADE (and gate_bias b)
+  path-<candidate>     any weightless candidate above (diag, tril, tril_0.1, ...) with the
+                       path-derivative KL: kl="path" (Roeder et al., 2017; see tfp_vae.vae.VAE)
 
 The library's families (diag, tril, tril_source) are screened under their own names.
 
@@ -122,14 +126,44 @@ def _soft(name):
                 {"name": name, "scale_tril": classmethod(scale_tril)})
 
 
+def _tril(c):
+    return type(f"Tril{c}", (posteriors.DampedFullCovarianceGaussian,),
+                {"name": f"tril_{c}", "OFFDIAG_SCALE": float(c)})
+
+
+def _iaf(spec):
+    """iaf_<T>x<H>[g<b>]: T steps of H hidden units each, gate bias b (default 2)."""
+    shape, _, gate = spec.partition("g")
+    steps, hidden = (int(v) for v in shape.split("x"))
+    name = f"iaf_{spec}"
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("name", name)
+        posteriors.InverseAutoregressiveFlow.__init__(
+            self, num_steps=steps, hidden_units=hidden, gate_bias=float(gate or 2.0), **kwargs)
+
+    cls = type(f"IAF{steps}x{hidden}", (posteriors.InverseAutoregressiveFlow,), {"__init__": __init__})
+    cls.name = name
+    return cls
+
+
+def _path(name):
+    """The weightless candidate ``name`` with the path-derivative KL estimator."""
+    family = candidate(name)
+    return type(f"Path{family.__name__}", (family,),
+                {"name": f"path-{name}", "KL_ESTIMATOR": "path"})
+
+
 def candidate(name):
+    if name.startswith("path-"):
+        return posteriors.register(_path(name[len("path-"):]))
     if name.startswith("soft"):
         return posteriors.register(_soft(name))
     if name in posteriors.names():
         return posteriors.get(name)
     kind, _, c = name.partition("_")
     family = {"damped": _damped, "rowscaled": _rowscaled, "matched": _matched,
-              "detached": _detached, "iafgate": _iafgate}[kind](c)
+              "detached": _detached, "iafgate": _iafgate, "tril": _tril, "iaf": _iaf}[kind](c)
     return posteriors.register(family)
 
 

@@ -196,10 +196,15 @@ class DampedFullCovarianceGaussian(FullCovarianceGaussian):
         Keras' Glorot initializer scales a Dense kernel by sqrt(6 / (fan_in + fan_out)); the
         full-covariance head has D^2 more outputs than the diagonal one, so left alone its
         mu and log sigma columns would start ~30% smaller (D = 16, 256 features).
+        The columns are drawn with the head initializer's own seed and the diag head's
+        shape, so they are the very weights a diag model built in the same state gets
+        (and no extra draw shifts the random state of what is built after the head).
         """
         n = 2 * latent_dim
         kernel = head.kernel
-        start = keras.initializers.GlorotUniform()((kernel.shape[0], n))
+        init = head.kernel_initializer
+        seed = getattr(init, "seed", None)
+        start = type(init)(seed=seed)((kernel.shape[0], n)) if isinstance(seed, int) else init((kernel.shape[0], n))
         kernel.assign(tf.concat([start, tf.zeros_like(kernel[:, n:])], axis=1))
 
 

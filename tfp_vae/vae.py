@@ -45,7 +45,7 @@ from tfp_vae import philox
 from tfp_vae.row_sampling import POSTERIOR, sample_rows, seed_rows
 
 OBJECTIVES = ("elbo", "iwae")
-KL_METHODS = ("auto", "analytic", "sampled")
+KL_METHODS = ("auto", "analytic", "sampled", "path")
 
 
 def _flatten_leading(t, keep):
@@ -73,7 +73,13 @@ class VAE(TermsModel):
       kl_warmup_epochs: ramp the KL weight linearly from 0 to beta over this many epochs.
       objective: "elbo" or "iwae".
       num_train_samples: posterior samples per example during training (k for IWAE).
-      kl: "auto" (closed form when registered), "analytic" (require it), "sampled".
+      kl: "auto" (the family's own ``KL_ESTIMATOR`` if it names one, else the closed form
+        when registered, else sampled), "analytic" (require the closed form), "sampled",
+        or "path": sampled, with the path-derivative ("sticking the landing") gradient --
+        log q(z|x) evaluated with the posterior's parameters held constant, so its
+        gradient reaches the encoder only through z (Roeder et al., 2017). The value of
+        every term is the same as with "sampled"; only the gradient differs. Needs a
+        family without weights of its own (not iaf).
       seed: seed of the training randomness.
     """
 
@@ -162,8 +168,17 @@ class VAE(TermsModel):
         self.built = True
 
     def _resolve_kl_method(self):
-        if self.kl == "sampled":
-            return "sampled"
+        kl = self.kl
+        if kl == "auto":
+            kl = getattr(self.posterior_family, "KL_ESTIMATOR", None) or "auto"
+        if kl == "path" and isinstance(self.posterior_family, keras.layers.Layer):
+            raise ValueError(
+                f"kl='path' holds the posterior's parameters constant in log q(z|x), but the "
+                f"{self.posterior_family.name!r} posterior has weights of its own; use "
+                "kl='auto' or kl='sampled'."
+            )
+        if kl in ("sampled", "path"):
+            return kl
         params = tf.zeros([1, self.posterior_family.params_size(self.latent_dim)])
         q = self.posterior_family.new(params, self.latent_dim)
         try:
@@ -180,7 +195,7 @@ class VAE(TermsModel):
 
     @property
     def kl_method(self):
-        """"analytic" or "sampled": how the KL term of the ELBO is computed."""
+        """"analytic", "sampled" or "path": how the KL term of the ELBO is computed."""
         return self._kl_method
 
     def get_config(self):
@@ -231,25 +246,28 @@ class VAE(TermsModel):
     # ------------------------------------------------------------- quantities
 
     def _log_weights(self, x, num_samples, seed, training=False):
-        """Samples z ~ q and returns (q, z, log p(x|z), log p(z), log q(z|x)), each [k, B].
+        """Samples z ~ q and returns (params, z, log p(x|z), log p(z), log q(z|x)), the last three
+        [k, B]; params are the encoder head's output, q's parameters.
 
         z and log q(z|x) come from the family's ``reparameterize`` on standard-normal
         eps [k, B, D]: no density is evaluated by inverting the sampler.
         """
         params = self.posterior_params(x, training=training)
-        q = self.posterior_family.new(params, self.latent_dim)
         eps = tf.random.stateless_normal(
             tf.stack([num_samples, tf.shape(params)[0], self.latent_dim]), seed=seed
         )
         z, log_qz = self.posterior_family.reparameterize(params, self.latent_dim, eps)
         log_px_z = self.decode(z, training=training).log_prob(x)
-        return q, z, log_px_z, self.prior().log_prob(z), log_qz
+        return params, z, log_px_z, self.prior().log_prob(z), log_qz
 
     def _terms(self, x, seed, training=False, num_samples=None):
         num_samples = num_samples or self.num_train_samples
-        q, _, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed, training)
+        params, z, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed, training)
         if self._kl_method == "analytic":
-            kl = tfd.kl_divergence(q, self.prior())
+            kl = tfd.kl_divergence(self.posterior_family.new(params, self.latent_dim), self.prior())
+        elif self._kl_method == "path":  # same value as log_qz; gradient only through z
+            held = self.posterior_family.new(tf.stop_gradient(params), self.latent_dim)
+            kl = tf.reduce_mean(held.log_prob(z) - log_pz, axis=0)
         else:
             kl = tf.reduce_mean(log_qz - log_pz, axis=0)
         distortion = -tf.reduce_mean(log_px_z, axis=0)

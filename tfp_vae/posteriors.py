@@ -268,16 +268,22 @@ class AutoregressiveNetwork(keras.layers.Layer):
             shape=(2 * d,), initializer=keras.initializers.Constant(bias), name="output_bias"
         )
 
-    def call(self, z, context):
+    def call(self, z, context, held=False):
+        """(shift, pre_gate); with ``held`` the weights are constants to the gradient (z is not)."""
+        w = [self.input_kernel, self.context_kernel, self.hidden_bias, self.output_kernel,
+             self.context_output_kernel, self.output_bias]
+        if held:
+            w = [tf.stop_gradient(v) for v in w]
+        w_in, w_ctx, b_hidden, w_out, w_ctx_out, b_out = w
         hidden = tf.nn.relu(
-            tf.linalg.matmul(z, self.input_kernel * self._input_mask)
-            + tf.tensordot(context, self.context_kernel, axes=1)
-            + self.hidden_bias
+            tf.linalg.matmul(z, w_in * self._input_mask)
+            + tf.tensordot(context, w_ctx, axes=1)
+            + b_hidden
         )
         out = (
-            tf.linalg.matmul(hidden, self.output_kernel * self._output_mask)
-            + tf.tensordot(context, self.context_output_kernel, axes=1)
-            + self.output_bias
+            tf.linalg.matmul(hidden, w_out * self._output_mask)
+            + tf.tensordot(context, w_ctx_out, axes=1)
+            + b_out
         )
         return tf.split(out, 2, axis=-1)
 
@@ -430,6 +436,30 @@ class InverseAutoregressiveFlow(keras.layers.Layer):
         z, log_det = self._flow(loc + scale * eps, context)
         base = standard_normal_log_prob(eps) - tf.reduce_sum(tf.math.log(scale), axis=-1)
         return z, base - log_det
+
+    def held_log_prob(self, params, latent_dim, z):
+        """log q(z|x) [..., B] with every parameter of q held constant: the encoder's output
+        and the MADE weights reach the gradient only through z.
+
+        What ``kl="path"`` needs (the path-derivative estimator, Roeder et al., 2017): each
+        step is inverted, D network passes, the first i coordinates exact after pass i, so
+        the composition is the exact inverse as a function of z and its derivative is too.
+        """
+        loc, scale, context = (tf.stop_gradient(t) for t in self._split(params, latent_dim))
+        y, log_det = z, tf.zeros_like(z[..., 0])
+        for t in reversed(range(len(self.networks))):
+            network = self.networks[t]
+            if t % 2:
+                y = tf.reverse(y, axis=[-1])
+            x = tf.zeros_like(y)
+            for _ in range(latent_dim):
+                shift, pre_gate = network(x, context, held=True)
+                gate = tf.sigmoid(pre_gate)
+                x = (y - (1.0 - gate) * shift) / gate
+            log_det += tf.reduce_sum(tf.math.log_sigmoid(network(x, context, held=True)[1]), axis=-1)
+            y = tf.reverse(x, axis=[-1]) if t % 2 else x
+        eps = (y - loc) / scale
+        return standard_normal_log_prob(eps) - tf.reduce_sum(tf.math.log(scale), axis=-1) - log_det
 
     def encoding(self, params, latent_dim):
         """(loc, scale_tril), [B, D] and [B, D, D]: the flow linearized at eps = 0.

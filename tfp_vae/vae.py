@@ -78,8 +78,8 @@ class VAE(TermsModel):
         or "path": sampled, with the path-derivative ("sticking the landing") gradient --
         log q(z|x) evaluated with the posterior's parameters held constant, so its
         gradient reaches the encoder only through z (Roeder et al., 2017). The value of
-        every term is the same as with "sampled"; only the gradient differs. Needs a
-        family without weights of its own (not iaf).
+        every term is the same as with "sampled"; only the gradient differs. A family
+        with weights of its own (iaf) provides ``held_log_prob`` for it.
       seed: seed of the training randomness.
     """
 
@@ -171,11 +171,12 @@ class VAE(TermsModel):
         kl = self.kl
         if kl == "auto":
             kl = getattr(self.posterior_family, "KL_ESTIMATOR", None) or "auto"
-        if kl == "path" and isinstance(self.posterior_family, keras.layers.Layer):
+        if (kl == "path" and isinstance(self.posterior_family, keras.layers.Layer)
+                and not hasattr(self.posterior_family, "held_log_prob")):
             raise ValueError(
                 f"kl='path' holds the posterior's parameters constant in log q(z|x), but the "
-                f"{self.posterior_family.name!r} posterior has weights of its own; use "
-                "kl='auto' or kl='sampled'."
+                f"{self.posterior_family.name!r} posterior has weights of its own and no "
+                "held_log_prob; use kl='auto' or kl='sampled'."
             )
         if kl in ("sampled", "path"):
             return kl
@@ -266,8 +267,12 @@ class VAE(TermsModel):
         if self._kl_method == "analytic":
             kl = tfd.kl_divergence(self.posterior_family.new(params, self.latent_dim), self.prior())
         elif self._kl_method == "path":  # same value as log_qz; gradient only through z
-            held = self.posterior_family.new(tf.stop_gradient(params), self.latent_dim)
-            kl = tf.reduce_mean(held.log_prob(z) - log_pz, axis=0)
+            family = self.posterior_family
+            if hasattr(family, "held_log_prob"):  # families with weights of their own
+                log_q_held = family.held_log_prob(params, self.latent_dim, z)
+            else:
+                log_q_held = family.new(tf.stop_gradient(params), self.latent_dim).log_prob(z)
+            kl = tf.reduce_mean(log_q_held - log_pz, axis=0)
         else:
             kl = tf.reduce_mean(log_qz - log_pz, axis=0)
         distortion = -tf.reduce_mean(log_px_z, axis=0)

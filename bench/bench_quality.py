@@ -35,6 +35,7 @@ Usage:
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 
@@ -46,6 +47,7 @@ import numpy as np
 from tfp_vae import data as data_lib
 from tfp_vae import train as train_lib
 from tfp_vae.config import TrainConfig
+from tfp_vae.vae import KL_METHODS
 
 COMBINATIONS = (
     ("diag", "normal"), ("tril", "normal"), ("tril_source", "normal"), ("iaf", "normal"),
@@ -152,8 +154,15 @@ def parse_args(argv=None):
                    help="score the first N test examples (default: all 1,000)")
     p.add_argument("--only", nargs="+", metavar="POSTERIOR/PRIOR",
                    help="project models, from " + " ".join("/".join(c) for c in COMBINATIONS)
-                        + " (default: " + " ".join("/".join(c) for c in DEFAULT) + ")")
+                        + " (default: " + " ".join("/".join(c) for c in DEFAULT) + "); a posterior "
+                        "followed by +KL trains with that KL estimate, e.g. diag+path/normal")
     p.add_argument("--peer", action="store_true", help="also train and score the tfp.layers peers")
+    p.add_argument("--peers", nargs="+", choices=PEERS, metavar="KIND",
+                   help="train and score only these tfp.layers peers (implies --peer): "
+                        + " ".join(PEERS))
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="train nothing: print the table of the runs stored in these --json "
+                        "files (e.g. one per seed, run side by side)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
@@ -165,11 +174,16 @@ def parse_args(argv=None):
     combos = DEFAULT
     if args.only:
         wanted = [tuple(s.split("/")) for s in args.only]
-        unknown = [w for w in wanted if w not in COMBINATIONS]
+        unknown = [w for w in wanted if len(w) != 2 or (w[0].partition("+")[0], w[1]) not in COMBINATIONS
+                   or w[0].partition("+")[2] not in ("",) + KL_METHODS]
         if unknown:
             p.error(f"unknown combinations {unknown}; choose from "
-                    + " ".join("/".join(c) for c in COMBINATIONS))
+                    + " ".join("/".join(c) for c in COMBINATIONS)
+                    + f", the posterior optionally followed by +KL, KL one of {' '.join(KL_METHODS)}")
         combos = tuple(wanted)
+    if args.peers:
+        args.peer = True
+    args.peer_kinds = tuple(args.peers) if args.peers else PEERS
     if args.peer and args.network != "mlp":
         p.error("the tfp.layers peer is written for the mlp network")
     args.combinations = combos
@@ -203,8 +217,59 @@ def summarize(rows):
     return table
 
 
+def print_table(rows, args, num_test, total):
+    """Prints the summary table (and the peer comparison) of result rows; returns the table."""
+    seeds = sorted({r["seed"] for r in rows})
+    table = summarize(rows)
+    ref = f"{table[0]['model']}/{table[0]['prior']}"
+    print(f"\nheld-out scores, nats per example, higher is better: mean over seeds {seeds} "
+          f"(sd over seeds; range); {num_test} test digits; total {total:.0f} s")
+    print(f"  {'model':34s} {'prior':6s} {'LL':>8s} {'sd':>5s} {'range':>16s} {'ELBO':>8s} "
+          f"{'dLL vs ' + ref:>18s} {'train s':>8s}")
+    for t in table:
+        print(f"  {t['model']:34s} {t['prior']:6s} {t['log_likelihood_mean']:8.2f} "
+              f"{t['log_likelihood_sd_over_seeds']:5.2f} "
+              f"{t['log_likelihood_min']:7.2f}..{t['log_likelihood_max']:7.2f} {t['elbo_mean']:8.2f} "
+              f"{t['delta_log_likelihood_mean']:+18.2f} {t['train_seconds_median']:8.0f}")
+    print(f"  per seed {seeds}: LL, and dLL vs {ref} paired by seed")
+    for t in table:
+        print(f"  {t['model']:34s} " + " ".join(f"{v:8.2f}" for v in t["log_likelihood_per_seed"])
+              + "   dLL " + " ".join(f"{v:+6.2f}" for v in t["delta_log_likelihood_per_seed"]))
+    if any(t["model"].startswith("tfp.layers") for t in table):
+        print("\nproject model against its tfp.layers counterpart, per seed (LL difference, nats):")
+        peers = {t["model"]: t for t in table}
+        for t in table:
+            kind = COUNTERPART.get(t["model"].partition("+")[0])
+            if kind is None or t["prior"] != "normal" or f"tfp.layers {kind}" not in peers:
+                continue
+            other = peers[f"tfp.layers {kind}"]
+            diffs = [a - b for a, b in zip(t["log_likelihood_per_seed"], other["log_likelihood_per_seed"])]
+            ahead = all(d > 0 for d in diffs)
+            speed = other["train_seconds_median"] / t["train_seconds_median"]
+            print(f"  {t['model']:12s} vs {kind:24s} " + " ".join(f"{d:+.2f}" for d in diffs)
+                  + f"  -> {'ahead on every seed' if ahead else 'NOT ahead on every seed'}; "
+                  f"peer train time / project = {speed:.2f}")
+    return table
+
+
+def merge(paths):
+    """The table of runs stored by several --json files (one run per file, or more)."""
+    rows, total, num_test = [], 0.0, None
+    for path in paths:
+        with open(path) as f:
+            stored = json.load(f)
+        rows += stored["runs"]
+        total += stored.get("total_seconds", 0.0)
+        num_test = stored["args"].get("test_examples") or 1000
+    print(f"merged {len(rows)} runs from {len(paths)} files; total = sum of the files' wall times")
+    return print_table(rows, None, num_test, total)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        merge(args.merge)
+        return None
     env = _common.print_environment()
     base = TrainConfig(
         dataset="mnist5k", network=args.network, hidden=tuple(args.hidden),
@@ -229,49 +294,29 @@ def main(argv=None):
     rows = []
     started = time.perf_counter()
     for seed in args.seeds:
-        jobs = [(p, pr) for p, pr in args.combinations] + ([("peer", k) for k in PEERS] if args.peer else [])
+        jobs = [(p, pr) for p, pr in args.combinations] + ([("peer", k) for k in args.peer_kinds] if args.peer else [])
         for first, second in jobs:
             if first == "peer":
                 config = dataclasses.replace(base, seed=seed).validate()
                 row = train_and_score_peer(second, config, splits, args)
             else:
-                config = dataclasses.replace(base, posterior=first, prior=second, seed=seed).validate()
+                posterior, _, kl = first.partition("+")
+                config = dataclasses.replace(base, posterior=posterior, kl=kl or "auto", prior=second,
+                                             seed=seed).validate()
                 row = train_and_score(config, splits, args, first)
             rows.append(row)
             print(f"  seed {seed} {row['model']}/{row['prior']}: LL {row['log_likelihood']:.2f}  "
                   f"ELBO {row['elbo']:.2f}  (train {row['train_seconds']:.0f} s, eval "
                   f"{row['eval_seconds']:.0f} s, load {_common.load_average()})", flush=True)
 
-    table = summarize(rows)
-    ref = f"{table[0]['model']}/{table[0]['prior']}"
-    print(f"\nheld-out scores, nats per example, higher is better: mean over seeds {args.seeds} "
-          f"(sd over seeds; range); {len(x_test)} test digits; total {time.perf_counter() - started:.0f} s")
-    print(f"  {'model':34s} {'prior':6s} {'LL':>8s} {'sd':>5s} {'range':>16s} {'ELBO':>8s} "
-          f"{'dLL vs ' + ref:>18s} {'train s':>8s}")
-    for t in table:
-        print(f"  {t['model']:34s} {t['prior']:6s} {t['log_likelihood_mean']:8.2f} "
-              f"{t['log_likelihood_sd_over_seeds']:5.2f} "
-              f"{t['log_likelihood_min']:7.2f}..{t['log_likelihood_max']:7.2f} {t['elbo_mean']:8.2f} "
-              f"{t['delta_log_likelihood_mean']:+18.2f} {t['train_seconds_median']:8.0f}")
-    if args.peer:
-        print("\nproject model against its tfp.layers counterpart, per seed (LL difference, nats):")
-        peers = {t["model"]: t for t in table}
-        for t in table:
-            kind = COUNTERPART.get(t["model"])
-            if kind is None or t["prior"] != "normal" or f"tfp.layers {kind}" not in peers:
-                continue
-            other = peers[f"tfp.layers {kind}"]
-            diffs = [a - b for a, b in zip(t["log_likelihood_per_seed"], other["log_likelihood_per_seed"])]
-            ahead = all(d > 0 for d in diffs)
-            speed = other["train_seconds_median"] / t["train_seconds_median"]
-            print(f"  {t['model']:12s} vs {kind:24s} " + " ".join(f"{d:+.2f}" for d in diffs)
-                  + f"  -> {'ahead on every seed' if ahead else 'NOT ahead on every seed'}; "
-                  f"peer train time / project = {speed:.2f}")
+    total = time.perf_counter() - started
+    table = print_table(rows, args, len(x_test), total)
     if args.json:
         config = {k: v for k, v in vars(args).items() if k != "combinations"}
         config["combinations"] = ["/".join(c) for c in args.combinations]
         slim = [{k: v for k, v in r.items() if k != "per_example_log_likelihood"} for r in rows]
-        _common.write_json(args.json, {"environment": env, "args": config, "summary": table, "runs": slim})
+        _common.write_json(args.json, {"environment": env, "args": config, "summary": table, "runs": slim,
+                                       "total_seconds": total})
         print(f"wrote {args.json}")
     return rows
 

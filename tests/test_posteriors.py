@@ -122,7 +122,10 @@ def test_made_outputs_depend_only_on_earlier_coordinates():
 
 
 def test_iaf_log_q_is_the_base_density_minus_the_log_determinant_of_the_flow():
-    family = bound("iaf")
+    # 128 hidden units: with the default 256 and weights of scale 0.3 the float32 Jacobian
+    # determinant alone is off by ~1e-4 relative.
+    family = posteriors.InverseAutoregressiveFlow(hidden_units=128).bind(D)
+    family.initialize_head(None, D)
     for network in family.networks:
         randomize_weights(network)
     params = random_params(family)
@@ -186,7 +189,7 @@ def test_a_vae_with_an_iaf_posterior_samples_the_kl_and_tracks_the_flow_weights(
     enc, dec = tfp_vae.networks.build("mlp", D, (6,), hidden=(8,))
     family = posteriors.InverseAutoregressiveFlow(num_steps=2, hidden_units=8, context_size=4)
     model = tfp_vae.VAE(enc, dec, D, posterior=family)
-    assert model.kl_method == "sampled"
+    assert model.kl_method == "path"  # sampled, with the path-derivative gradient
     assert model.posterior_head.units == 2 * D + 4
     flow_weights = {id(w) for n in family.networks for w in n.trainable_weights}
     assert flow_weights <= {id(w) for w in model.trainable_weights}

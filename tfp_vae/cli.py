@@ -33,6 +33,8 @@ _TRAIN_HELP = {
     "gaussian_scale": "fixed, global (one learned scale) or pixel (one per data element)",
     "beta": "weight of the KL term",
     "kl_warmup_epochs": "ramp the KL weight linearly from 0 over this many epochs",
+    "kl": "KL term: auto (the posterior's own estimator, else closed form when one exists, else "
+          "sampled), analytic, sampled, or path (sampled, path-derivative gradient)",
     "objective": "elbo, or iwae (importance-weighted bound with --num-train-samples samples)",
     "num_train_samples": "posterior samples per example in training (k of IWAE)",
     "ae_loss": "autoencoder reconstruction loss: bce or mse",

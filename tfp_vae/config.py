@@ -36,6 +36,7 @@ class TrainConfig:
     gaussian_scale: str = "fixed"  # fixed | global | pixel
     beta: float = 1.0
     kl_warmup_epochs: int = 0
+    kl: str = "auto"  # how the KL term is computed: auto | analytic | sampled | path
     objective: str = "elbo"
     num_train_samples: int = 1
     # autoencoder variants
@@ -97,6 +98,7 @@ class TrainConfig:
         one_of("likelihood", likelihoods.names())
         one_of("gaussian_scale", ("fixed", "global", "pixel"))
         one_of("objective", vae.OBJECTIVES)
+        one_of("kl", vae.KL_METHODS)
         one_of("ae_loss", autoencoders.LOSSES)
         one_of("sparsity", autoencoders.SPARSITY)
         one_of("noise", autoencoders.NOISE)

@@ -188,6 +188,7 @@ class DampedFullCovarianceGaussian(FullCovarianceGaussian):
     name = "tril"
     OFFDIAG_SCALE = 0.01
     SCALE = staticmethod(softplus_scale)  # as the diag family's
+    KL_ESTIMATOR = "path"  # the VAE's kl="auto": sampled KL, path-derivative gradient
 
     @staticmethod
     def initialize_head(head, latent_dim):
@@ -364,7 +365,9 @@ class InverseAutoregressiveFlow(keras.layers.Layer):
     tracks it as a layer and saves it with the model.
     """
 
-    def __init__(self, latent_dim=None, num_steps=2, hidden_units=128, context_size=32,
+    KL_ESTIMATOR = "path"  # the VAE's kl="auto": sampled KL, path-derivative gradient
+
+    def __init__(self, latent_dim=None, num_steps=2, hidden_units=256, context_size=32,
                  gate_bias=2.0, **kwargs):
         kwargs.setdefault("name", "iaf")  # the family's name, as the Gaussian families have
         super().__init__(**kwargs)
@@ -478,7 +481,7 @@ class InverseAutoregressiveFlow(keras.layers.Layer):
                 z, jac = tf.reverse(z, axis=[-1]), tf.linalg.matmul(flip, jac)
             shift, pre_gate = network(z, context)
             d_shift, d_pre = network.jacobian(z, context)
-            gate = tf.sigmoid(pre_gate)
+            gate = tf.exp(tf.math.log_sigmoid(pre_gate))  # as _flow computes it, to the last bit
             # z' = g z + (1 - g) m:  dz'/dz = diag(g) + (z - m) g (1 - g) dpre/dz + (1 - g) dm/dz
             step = (tf.linalg.diag(gate)
                     + ((z - shift) * gate * (1.0 - gate))[..., :, None] * d_pre

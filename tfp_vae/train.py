@@ -56,7 +56,7 @@ def build_model(config, data_shape):
         prior=priors.get(config.prior, **prior_kwargs),
         likelihood=likelihoods.get(config.likelihood, **likelihood_kwargs),
         beta=config.beta, kl_warmup_epochs=config.kl_warmup_epochs, objective=config.objective,
-        num_train_samples=config.num_train_samples, seed=config.seed,
+        num_train_samples=config.num_train_samples, kl=config.kl, seed=config.seed,
     )
 
 

@@ -24,7 +24,8 @@ _TRAIN_HELP = {
     "latent_dim": "size of the latent code z",
     "jit_compile": "compile the training step with XLA (default false: it measured no faster on CPU; same result "
                    "up to float rounding; export is unaffected)",
-    "posterior": "diag (MultivariateNormalDiag), tril (MultivariateNormalTriL, damped off-diagonal), "
+    "posterior": "diag (MultivariateNormalDiag), tril (MultivariateNormalTriL, damped off-diagonal, "
+                 "path-derivative KL), "
                  "tril_source (the source's Algorithm 2) or iaf (inverse autoregressive flow)",
     "prior": "normal, mog (learnable mixture of Gaussians) or vamp (VampPrior)",
     "num_components": "mixture components (mog) or pseudo-inputs (vamp)",

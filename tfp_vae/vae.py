@@ -15,7 +15,10 @@ The expectation is estimated with reparameterized samples z = mu + L eps
 is computed in closed form by ``tfd.kl_divergence`` whenever a closed form is
 registered for the (posterior, prior) pair -- Gaussian against Gaussian, diagonal or
 full covariance -- and otherwise estimated from the same samples as
-E_q[log q(z|x) - log p(z)] (mixture and Vamp priors). ``kl_method`` says which.
+E_q[log q(z|x) - log p(z)] (mixture and Vamp priors). A family may name its own
+estimator instead: ``tril`` and ``iaf`` sample the KL with the path-derivative gradient
+(``kl="path"``: log q(z|x) with q's parameters held constant, gradient through z only;
+Roeder et al., 2017). ``kl_method`` says which.
 
 Training objectives:
 
@@ -65,7 +68,7 @@ class VAE(TermsModel):
       decoder: Keras model mapping z [B, D] to one number per data element [B, *S].
       latent_dim: D.
       posterior: "diag" (MultivariateNormalDiag), "tril" (MultivariateNormalTriL with a damped
-        off-diagonal), "tril_source" (the source's Algorithm 2), "iaf" (inverse
+        off-diagonal, path-derivative KL), "tril_source" (the source's Algorithm 2), "iaf" (inverse
         autoregressive flow), or a ``posteriors.InverseAutoregressiveFlow`` layer.
       prior: None (standard normal), "normal", "mog", "vamp", or a ``priors.Prior``.
       likelihood: "bernoulli", "gaussian", or a ``likelihoods.Likelihood``.

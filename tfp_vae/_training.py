@@ -73,7 +73,13 @@ class TermsModel(keras.Model):
     def _record(self, terms):
         for name, tracker in self._trackers.items():
             tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        results = {name: tracker.result() for name, tracker in self._trackers.items()}
+        if _across_workers():
+            # Keras reduces a step's outputs across workers with
+            # strategy.reduce("MEAN", v, axis=0), which fails on scalars; [1] reduces
+            # to the scalar. (Epoch logs are read from the metrics themselves.)
+            results = {name: tf.reshape(v, [1]) for name, v in results.items()}
+        return results
 
     def _next_seed(self):
         return replica_seed(tf.cast(self.seed_generator.next(), tf.int32))
@@ -98,6 +104,15 @@ def _replicas():
     """Replicas that train in sync (1 outside a tf.distribute strategy)."""
     context = tf.distribute.get_replica_context()
     return 1 if context is None else context.num_replicas_in_sync
+
+
+def _across_workers():
+    """Whether training runs on a MultiWorkerMirroredStrategy with more than one worker."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    spec = strategy.cluster_resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in spec.jobs) > 1
 
 
 def replica_seed(seed):

@@ -10,7 +10,7 @@ import json
 import math
 from typing import Optional, Tuple
 
-from tfp_vae import autoencoders, data, likelihoods, networks, posteriors, priors, vae
+from tfp_vae import autoencoders, data, distribute, likelihoods, networks, posteriors, priors, vae
 
 MODELS = ("vae", "ae")
 
@@ -52,6 +52,9 @@ class TrainConfig:
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
     jit_compile: bool = False  # XLA for the training step; not faster here (bench/bench_speed.py)
+    # distribution (tfp_vae.distribute); batch_size is the global batch
+    strategy: str = "none"  # none | mirrored | multi_worker
+    num_replicas: Optional[int] = None  # written by train; if given, the strategy must have this many
     # evaluation
     eval_samples: int = 1000
     eval_examples: Optional[int] = None  # None: the whole test split
@@ -98,6 +101,7 @@ class TrainConfig:
         one_of("gaussian_scale", ("fixed", "global", "pixel"))
         one_of("objective", vae.OBJECTIVES)
         one_of("ae_loss", autoencoders.LOSSES)
+        one_of("strategy", distribute.STRATEGIES)
         one_of("sparsity", autoencoders.SPARSITY)
         one_of("noise", autoencoders.NOISE)
         for name in ("latent_dim", "num_components", "num_train_samples", "epochs",
@@ -106,6 +110,12 @@ class TrainConfig:
         positive_int("kl_warmup_epochs", allow_zero=True)
         positive_int("early_stopping_patience", allow_zero=True)
         positive_int("eval_examples", allow_none=True)
+        positive_int("num_replicas", allow_none=True)
+        if self.num_replicas is not None and self.batch_size % self.num_replicas:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not valid with num_replicas={self.num_replicas}; "
+                "expected a multiple of it (the global batch is split evenly across replicas)."
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(
                 f"seed={self.seed!r} is not valid; expected an integer in [0, 2**32 - 1]."

@@ -5,16 +5,22 @@ A run directory holds ``model.keras``, ``config.json``, ``history.csv``,
 It is assembled in a hidden ``.NAME.incomplete-PID`` directory beside the target and
 renamed into place only when everything is written, so a run that fails or is
 interrupted never leaves a directory that looks complete.
+
+Under a ``tf.distribute`` strategy (``config.strategy``, ``tfp_vae.distribute``) the
+model is built and compiled in the strategy's scope, and only the chief writes the run
+directory; other workers run the same steps into a temporary directory they remove.
 """
 
+import contextlib
 import csv
+import dataclasses
 import json
 import os
 import time
 
 import numpy as np
 
-from tfp_vae import autoencoders, data, files, likelihoods, networks, priors
+from tfp_vae import autoencoders, data, distribute, files, likelihoods, networks, priors
 from tfp_vae._backend import keras, tf
 from tfp_vae.config import TrainConfig
 from tfp_vae.vae import VAE
@@ -83,14 +89,41 @@ def evaluate_model(model, x, num_samples, seed=0, batch_size=100):
     }
 
 
-def staged_directory(out_dir):
-    """A hidden staging directory that becomes ``out_dir`` only on success (``files``)."""
+def _check_new(out_dir):
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir):
         raise FileExistsError(
             f"Run directory {out_dir} already exists; choose another --out or remove it first."
         )
-    return files.atomic_directory(out_dir)
+    return out_dir
+
+
+def staged_directory(out_dir):
+    """A hidden staging directory that becomes ``out_dir`` only on success (``files``)."""
+    return files.atomic_directory(_check_new(out_dir))
+
+
+@contextlib.contextmanager
+def _run_directory(out_dir, chief):
+    """The staging directory of ``out_dir`` for the chief; a scratch one for other workers."""
+    if chief:
+        with staged_directory(out_dir) as staging:
+            yield staging
+    else:
+        with distribute.scratch_directory() as scratch, staged_directory(scratch) as staging:
+            yield staging
+
+
+def _start_strategy(config, cpu_replicas):
+    """(strategy, config with num_replicas recorded); ValueError if the replicas do not fit."""
+    strategy = distribute.make_strategy(config.strategy, cpu_replicas)
+    replicas = int(strategy.num_replicas_in_sync)
+    if config.num_replicas is not None and config.num_replicas != replicas:
+        raise ValueError(
+            f"num_replicas={config.num_replicas} is not valid: strategy={config.strategy!r} "
+            f"found {replicas} replica(s) here."
+        )
+    return strategy, dataclasses.replace(config, num_replicas=replicas).validate()
 
 
 def write_json(path, obj):
@@ -121,17 +154,28 @@ class _Throughput(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def run(config, out_dir, verbose="auto"):
-    """Trains as ``config`` says and writes the run directory ``out_dir``; returns metrics."""
+def run(config, out_dir, verbose="auto", cpu_replicas=None):
+    """Trains as ``config`` says and writes the run directory ``out_dir``; returns metrics.
+
+    ``cpu_replicas``: with ``strategy="mirrored"``, split the CPU into that many devices
+    first (``distribute.make_strategy``; only before TensorFlow has run anything).
+    """
     config.validate()
+    chief = distribute.writes_run(config.strategy)
+    if chief:
+        _check_new(out_dir)
+    # First: MultiWorkerMirroredStrategy and split CPUs must precede any TensorFlow op.
+    strategy, config = _start_strategy(config, cpu_replicas)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_splits(config)
     for x, name in ((x_train, "train"), (x_test, "test")):
         _check_data(x, config, name)
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, x_train.shape[1:])
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.jit_compile)
+    with strategy.scope():  # the model's, optimizer's and metrics' variables
+        model = build_model(config, x_train.shape[1:])
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      jit_compile=config.jit_compile)
 
-    with staged_directory(out_dir) as staging:
+    with _run_directory(out_dir, chief) as staging:
         timer = _Throughput()
         callbacks = [
             keras.callbacks.TerminateOnNaN(),

@@ -223,3 +223,22 @@ def test_tf_config_chief_is_the_chief_task_else_worker_zero():
     assert distribute.parse_tf_config(json.dumps(config)) == config
     assert not distribute.writes_run("multi_worker", {"TF_CONFIG": json.dumps(config)})
     assert distribute.writes_run("mirrored", {})
+
+
+def test_the_first_batches_must_split_evenly_over_replicas():
+    # Keras averages the first batch of fit/evaluate over replicas to build the model,
+    # which fails on parts of different sizes; the run says so before training.
+    from tfp_vae import train
+    from tfp_vae.config import TrainConfig
+
+    config = TrainConfig(batch_size=64, num_replicas=2)
+    train._check_first_batches(config, 1000, 100, 1000)  # 64, 64: even
+    train._check_first_batches(config, 1000, 0, 1000)  # no validation
+    with pytest.raises(ValueError, match="first training batch holds 31 examples, which 2 replicas"):
+        train._check_first_batches(config, 31, 100, 1000)
+    with pytest.raises(ValueError, match="first validation batch holds 33 examples"):
+        train._check_first_batches(config, 1000, 33, 1000)
+    ae = TrainConfig(model="ae", batch_size=64, num_replicas=2, eval_examples=51)
+    with pytest.raises(ValueError, match="first test batch holds 51 examples"):
+        train._check_first_batches(ae, 1000, 100, 1000)
+    train._check_first_batches(TrainConfig(batch_size=64), 31, 33, 51)  # one replica: anything

@@ -73,7 +73,32 @@ def _check_data(x, config, name):
         raise ValueError(f"The {name} split of {config.dataset!r} holds NaN or infinite values.")
 
 
-def evaluate_model(model, x, num_samples, seed=0, batch_size=100):
+EVALUATE_BATCH = 100  # examples per batch of the final test evaluation
+
+
+def _check_first_batches(config, n_train, n_val, n_test):
+    """ValueError unless the first batch of each fit/evaluate splits evenly over replicas.
+
+    Under a strategy, Keras' fit and evaluate take the mean over replicas of their first
+    batch (to build the model symbolically), which fails when the replicas' parts differ
+    in size. Later batches may split unevenly; the first one is the only one checked.
+    """
+    replicas = config.num_replicas or 1
+    batches = [("training", n_train, config.batch_size), ("validation", n_val, config.batch_size)]
+    if config.model == "ae":  # the test metrics come from model.evaluate
+        n_eval = min(n_test, config.eval_examples or n_test)
+        batches.append(("test", n_eval, EVALUATE_BATCH))
+    for name, n, batch_size in batches:
+        first = min(n, batch_size)
+        if replicas > 1 and first % replicas:
+            raise ValueError(
+                f"The first {name} batch holds {first} examples, which {replicas} replicas cannot "
+                f"share evenly; choose a --batch-size, --validation-fraction or --eval-examples "
+                f"that makes it a multiple of {replicas}."
+            )
+
+
+def evaluate_model(model, x, num_samples, seed=0, batch_size=EVALUATE_BATCH):
     """Test metrics: importance-sampled log-likelihood and ELBO (VAE), or losses (AE)."""
     if isinstance(model, autoencoders.Autoencoder):
         logs = model.evaluate(x, batch_size=batch_size, verbose=0, return_dict=True)
@@ -169,6 +194,7 @@ def run(config, out_dir, verbose="auto", cpu_replicas=None):
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_splits(config)
     for x, name in ((x_train, "train"), (x_test, "test")):
         _check_data(x, config, name)
+    _check_first_batches(config, len(x_train), len(x_val), len(x_test))
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():  # the model's, optimizer's and metrics' variables
         model = build_model(config, x_train.shape[1:])

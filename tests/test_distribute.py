@@ -172,7 +172,8 @@ TINY = ["--dataset", "digits", "--hidden", "8", "--epochs", "1", "--quiet"]
     ("{not json", "TF_CONFIG is not valid JSON"),
     ('["worker"]', "TF_CONFIG must be a JSON object, got list"),
     ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG needs a non-empty "cluster" object'),
-    ('{"cluster": {"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}',
+    ('{"cluster": {"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}, '
+     '"task": {"type": "worker", "index": 0}}',
      "cluster has jobs ['ps'] that MultiWorkerMirroredStrategy does not run"),
     ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
      "has address 'localhost'; expected \"host:port\""),
@@ -194,7 +195,8 @@ def test_multi_worker_checks_tf_config_before_training(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--strategy", "horovod"], "strategy='horovod' is not valid; expected one of ['none', 'mirrored', 'multi_worker']"),
+    (["--strategy", "horovod"],
+     "strategy='horovod' is not valid; expected one of ['none', 'mirrored', 'multi_worker']"),
     (["--cpu-replicas", "2"], "cpu_replicas=2 needs strategy='mirrored' (got 'none')"),
     (["--strategy", "mirrored", "--cpu-replicas", "0"], "expected a positive integer, got '0'"),
     (["--num-replicas", "2", "--batch-size", "7"],

@@ -43,7 +43,8 @@ _TRAIN_HELP = {
     "noise": "denoising autoencoder corruption: none, gaussian or mask",
     "noise_level": "std of the gaussian noise, or the masking probability",
     "epochs": "training epochs",
-    "batch_size": "examples per batch; with --strategy, the global batch, split evenly across replicas",
+    "batch_size": "examples per batch; with --strategy, the global batch, split across the replicas "
+                  "(a multiple of their number)",
     "learning_rate": "Adam learning rate",
     "seed": "seed of every random choice of the run",
     "early_stopping_patience": "stop after this many epochs without validation improvement (0: off)",

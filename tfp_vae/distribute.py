@@ -93,9 +93,8 @@ def parse_tf_config(text):
             )
         for address in addresses:
             _check_address(job, address)
-    if job_size := len(cluster.get("chief", [])):
-        if job_size != 1:
-            raise ValueError(f"{TF_CONFIG} cluster may have one chief, got {job_size}.")
+    if len(cluster.get("chief", [])) > 1:
+        raise ValueError(f"{TF_CONFIG} cluster may have one chief, got {len(cluster['chief'])}.")
     if not isinstance(task, dict):
         raise ValueError(f"{TF_CONFIG} needs a \"task\" object with \"type\" and \"index\", got {task!r}.")
     task_type, index = task.get("type"), task.get("index")
@@ -174,15 +173,6 @@ def make_strategy(name, cpu_replicas=None):
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices)
-
-
-def describe(strategy, name):
-    """{"strategy", "num_replicas", "num_workers"} of a strategy made by ``make_strategy``."""
-    workers = 1
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if name == "multi_worker" and resolver is not None:
-        workers = sum(len(v) for v in resolver.cluster_spec().as_dict().values())
-    return {"strategy": name, "num_replicas": int(strategy.num_replicas_in_sync), "num_workers": workers}
 
 
 @contextlib.contextmanager

@@ -32,7 +32,8 @@ import os
 import shutil
 import tempfile
 
-STRATEGIES = ("none", "mirrored", "multi_worker")
+from tfp_vae.names import STRATEGIES
+
 TF_CONFIG = "TF_CONFIG"
 _TASK_TYPES = ("chief", "worker")
 

@@ -114,18 +114,9 @@ def evaluate_model(model, x, num_samples, seed=0, batch_size=EVALUATE_BATCH):
     }
 
 
-def _check_new(out_dir):
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir):
-        raise FileExistsError(
-            f"Run directory {out_dir} already exists; choose another --out or remove it first."
-        )
-    return out_dir
-
-
 def staged_directory(out_dir):
     """A hidden staging directory that becomes ``out_dir`` only on success (``files``)."""
-    return files.atomic_directory(_check_new(out_dir))
+    return files.atomic_directory(files.require_new_directory(out_dir))
 
 
 @contextlib.contextmanager
@@ -188,7 +179,7 @@ def run(config, out_dir, verbose="auto", cpu_replicas=None):
     config.validate()
     chief = distribute.writes_run(config.strategy)
     if chief:
-        _check_new(out_dir)
+        files.require_new_directory(out_dir)
     # First: MultiWorkerMirroredStrategy and split CPUs must precede any TensorFlow op.
     strategy, config = _start_strategy(config, cpu_replicas)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_splits(config)

@@ -198,6 +198,8 @@ def test_multi_worker_checks_tf_config_before_training(tmp_path, monkeypatch, ca
     (["--strategy", "horovod"],
      "strategy='horovod' is not valid; expected one of ['none', 'mirrored', 'multi_worker']"),
     (["--cpu-replicas", "2"], "cpu_replicas=2 needs strategy='mirrored' (got 'none')"),
+    (["--strategy", "mirrored", "--jit-compile", "true"],
+     "jit_compile=True is not valid with strategy='mirrored'"),
     (["--strategy", "mirrored", "--cpu-replicas", "0"], "expected a positive integer, got '0'"),
     (["--num-replicas", "2", "--batch-size", "7"],
      "batch_size=7 is not valid with num_replicas=2; expected a multiple of it"),

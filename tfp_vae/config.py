@@ -124,6 +124,13 @@ class TrainConfig:
             )
         if not isinstance(self.jit_compile, bool):
             raise ValueError(f"jit_compile={self.jit_compile!r} is not valid; expected true or false.")
+        if self.jit_compile and self.strategy != "none":
+            # With two CPU replicas the compiled step reads a replica's variables from the
+            # other device and fails; GPUs were not available to check, so refused for all.
+            raise ValueError(
+                f"jit_compile=True is not valid with strategy={self.strategy!r}; expected "
+                "jit_compile false, or strategy 'none'."
+            )
         if not self.hidden or any(not isinstance(h, int) or h <= 0 for h in self.hidden):
             raise ValueError(f"hidden={self.hidden!r} is not valid; expected positive integers.")
         positive_float("validation_fraction", allow_zero=True, upper=1)

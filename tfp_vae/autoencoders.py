@@ -17,12 +17,13 @@ Reconstruction loss: ``"bce"`` (decoder outputs logits, mean = sigmoid) or ``"ms
 summed over data elements per example, averaged over the batch.
 """
 
+from tfp_vae import names
 from tfp_vae._backend import keras, tf, tfd
 from tfp_vae._training import TermsModel, as_float, known_input_shape
 
-LOSSES = ("bce", "mse")
-SPARSITY = (None, "l1", "kl")
-NOISE = (None, "gaussian", "mask")
+LOSSES = names.AE_LOSSES
+SPARSITY = names.SPARSITY
+NOISE = names.NOISE
 
 
 def kl_sparsity_penalty(codes, target):
@@ -180,6 +181,8 @@ class Autoencoder(TermsModel):
     def _terms(self, x, seed, training):
         inputs = self.corrupt(x, seed) if training else x
         codes = self.code_layer(self.encoder(inputs, training=training))
-        recon = tf.reduce_mean(self.reconstruction_loss(x, self.decoder(codes, training=training)))
+        # Per example, so the training step can average over a global batch split
+        # unevenly across replicas; the penalty is a statistic of the (replica's) batch.
+        recon = self.reconstruction_loss(x, self.decoder(codes, training=training))
         penalty = self.penalty(codes)
         return {"loss": recon + penalty, "reconstruction": recon, "penalty": penalty}

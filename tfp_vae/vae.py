@@ -44,11 +44,11 @@ from tfp_vae import posteriors as posteriors_lib
 from tfp_vae import priors as priors_lib
 from tfp_vae._backend import keras, tf, tfd
 from tfp_vae._training import TermsModel, as_float, known_input_shape
-from tfp_vae import philox
+from tfp_vae import names, philox
 from tfp_vae.row_sampling import POSTERIOR, sample_rows, seed_rows
 
-OBJECTIVES = ("elbo", "iwae")
-KL_METHODS = ("auto", "analytic", "sampled", "path")
+OBJECTIVES = names.OBJECTIVES
+KL_METHODS = names.KL_METHODS
 
 
 def _flatten_leading(t, keep):

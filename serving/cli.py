@@ -4,6 +4,7 @@
     tfp-vae export | validate           export.cli
     tfp-vae serve                       serving.server
     tfp-vae generate                    serving.generate
+    tfp-vae score                       serving.score
     tfp-vae demo                        serving.demo (the main job end to end)
 
 The dispatcher lives here because ``serving`` is the top of the package stack
@@ -17,7 +18,7 @@ import sys
 from typing import Callable
 
 from export import cli as export_cli
-from serving import demo, generate, server
+from serving import demo, generate, score, server
 from tfp_vae import cli as library_cli
 
 
@@ -68,6 +69,16 @@ COMMANDS = {
         generate.add_generate_arguments,
         generate.run_generate,
     ),
+    "score": Command(
+        "per-example log-likelihood and ELBO of a dataset, in process, through a "
+        "server, or on Apache Beam",
+        "Score a dataset (.npy/.npz) with a model's log_likelihood signature: "
+        "per-example log_likelihood and elbo in shards, and summary.json (mean, "
+        "standard error, count). Options after a bare '--' go to Apache Beam "
+        "(--runner beam).",
+        score.add_score_arguments,
+        score.run_score,
+    ),
     "demo": Command(
         "the main job end to end: train, export, serve, generate, report",
         "The main job end to end: train, export, serve, generate, report.",
@@ -99,8 +110,23 @@ def build_parser():
     return parser
 
 
+def split_pipeline_args(argv):
+    """(the command's arguments, the Beam pipeline options after the first bare '--')."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1:]
+    return argv, []
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv, pipeline_args = split_pipeline_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if pipeline_args and args.command not in ("generate", "score"):
+        parser.error(f"tfp-vae {args.command} takes no options after '--' "
+                     f"(Beam pipeline options go with generate and score)")
+    args.pipeline_args = pipeline_args
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:

@@ -115,6 +115,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                                         "transient error (default 8).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (the summary is still printed).")
+    parser.add_argument("--runner", choices=("local", "beam"), default="local",
+                        help="local: threads in this process (default); beam: "
+                             "an Apache Beam pipeline with the same files "
+                             "(pip install tfp-vae[beam]); its options follow "
+                             "a bare '--' (default: the local FnApiRunner, one "
+                             "worker per core), e.g. -- --runner=FlinkRunner "
+                             "--flink_master=HOST:8081.")
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -159,6 +166,10 @@ def validate_args(args: argparse.Namespace) -> None:
         usage(f"--max-retries must be >= 0; got {args.max_retries}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         usage(f"--out {args.out!r} exists and is not a directory")
+    pipeline_args = getattr(args, "pipeline_args", None) or []
+    if getattr(args, "runner", "local") == "local" and pipeline_args:
+        usage(f"options after '--' ({' '.join(pipeline_args)}) are Beam "
+              f"pipeline options; they need --runner beam")
 
 
 # ---------------------------------------------------------------------------
@@ -466,6 +477,10 @@ def run_generate(args: argparse.Namespace) -> int:
     """Runs the job described by `args`; returns the exit status."""
     try:
         validate_args(args)
+        if getattr(args, "runner", "local") == "beam":
+            from serving import beam_pipeline  # Beam loads only here
+
+            return beam_pipeline.run_generate_beam(args)
         return Job(args).run()
     except JobError as e:
         print(f"generate: error: {e}", file=sys.stderr)

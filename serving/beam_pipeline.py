@@ -74,6 +74,8 @@ def pipeline_args_with_defaults(pipeline_args: list) -> list:
             args.append("--direct_running_mode=multi_processing")
         if not _has_flag(args, "--direct_num_workers"):
             args.append("--direct_num_workers=0")
+    if not _has_flag(args, "--default_sdk_harness_log_level"):
+        args.append("--default_sdk_harness_log_level=WARNING")
     return args
 
 
@@ -185,9 +187,22 @@ def _write_manifest(entries: list, path: str, job: dict, total: int,
                     shards: list, done: list) -> None:
     from serving import beam_handlers
 
-    entries = sorted(list(entries) + list(done), key=lambda e: e["shard"])
+    entries = unique_entries(list(entries) + list(done))
     manifest = manifest_lib.make_manifest(job, total, shards, entries)
     beam_handlers.write_file_atomically(path, manifest_lib.encode(manifest))
+
+
+def unique_entries(entries: list) -> list:
+    """Entries by shard, one each; a shard written twice (a retried bundle
+    whose first output also arrived) must have the same digest both times."""
+    by_shard = {}
+    for entry in entries:
+        seen = by_shard.setdefault(entry["shard"], entry)
+        if seen["sha256"] != entry["sha256"]:
+            raise JobError(f"{entry['file']} was written twice with different "
+                           f"contents ({seen['sha256']} and {entry['sha256']}): "
+                           f"the model does not answer deterministically")
+    return [by_shard[k] for k in sorted(by_shard)]
 
 
 def _cut_score(result):
@@ -211,7 +226,8 @@ def _write_score_shard(item, out: str, shards: dict, quiet: bool) -> dict:
 def _write_summary(entries: list, path: str, job: dict) -> None:
     from serving import beam_handlers, score
 
-    beam_handlers.write_file_atomically(path, score.summary_bytes(job, list(entries)))
+    beam_handlers.write_file_atomically(
+        path, score.summary_bytes(job, unique_entries(list(entries))))
 
 
 # ---------------------------------------------------------------------------

@@ -281,7 +281,6 @@ def summary_bytes(job: dict, entries: list) -> bytes:
 
 def shard_bytes(shard: Shard, parts: list) -> tuple:
     """(npz bytes, stats) of a shard from its (start, {output: array}) parts."""
-    from serving.manifest import sha256  # noqa: F401  (TensorFlow-free)
     from serving.writers import npz_bytes
 
     arrays = {name: np.empty(shard.count, np.float32) for name in OUTPUTS}

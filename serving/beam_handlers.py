@@ -3,12 +3,15 @@
 Imports Apache Beam at module level: only `serving.beam_pipeline` imports this
 module, and only once it has checked that Beam is installed.
 
-An element is one fixed-grid request, a tuple whose last two items are the
-rows [start, stop) it covers (`serving.plan.grid_requests`); the handler's
-``inputs_fn(element)`` turns it into the signature's input tensors (seed rows,
-and for scoring the examples).  Batching is one element per call
-(``max_batch_size=1``): the grid fixes which rows travel together, and the
-answers' bytes depend on that, so Beam must not re-batch.
+An element is one output shard and the fixed-grid requests that cover it:
+``(shard index, shard start, shard stop, ((start, stop), ...))``
+(`serving.plan.grid_requests`).  The handler sends each request as one call,
+its rows exactly the grid's (the answers' bytes depend on which rows travel
+together, so Beam must not re-batch: ``max_batch_size=1`` element per call),
+cuts the answers to the shard and returns the shard's arrays, so the samples
+stay in the worker that writes them.  ``inputs_fn(start, stop)`` gives a
+request's input tensors (seed rows, and for scoring the examples);
+``check_fn(outputs, rows)`` rejects a malformed answer.
 
 * `SavedModelHandler` loads with ``tf.saved_model.load`` and calls a named
   signature (Beam's own TensorFlow handler loads with
@@ -18,14 +21,14 @@ answers' bytes depend on that, so Beam must not re-batch.
   pinned version; only the transient codes (`serving.errors.TRANSIENT_CODES`)
   are retried.
 
-Each answer is a `PredictionResult(element, {output key: array})`.
+Each answer is a `PredictionResult(element, {output key: shard array})`.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import (ModelHandler, PredictionResult,
@@ -40,11 +43,10 @@ _ONE_REQUEST_PER_CALL = {"min_batch_size": 1, "max_batch_size": 1}
 # Inputs of one grid request (module-level, so they pickle by reference).
 # ---------------------------------------------------------------------------
 
-def generate_inputs(seed: int, element: tuple) -> dict:
+def generate_inputs(seed: int, start: int, stop: int) -> dict:
     """``generate``'s inputs for rows [start, stop): seed rows (seed, i)."""
     from tfp_vae.row_sampling import seed_rows
 
-    start, stop = element[-2], element[-1]
     return {"seed": seed_rows(seed, start, stop)}
 
 
@@ -73,14 +75,30 @@ def load_examples(path: str, key: Optional[str]) -> np.ndarray:
     return array
 
 
-def score_inputs(seed: int, data: str, key: Optional[str], element: tuple) -> dict:
+def score_inputs(seed: int, data: str, key: Optional[str], start: int,
+                 stop: int) -> dict:
     """``log_likelihood``'s inputs for examples [start, stop): x and seed rows (seed, i)."""
     from tfp_vae.row_sampling import seed_rows
 
-    start, stop = element[-2], element[-1]
     x = load_examples(data, key)
     return {"x": np.ascontiguousarray(x[start:stop]),
             "seed": seed_rows(seed, start, stop)}
+
+
+def answer_shard(element: tuple, call: Callable[[dict], dict],
+                 inputs_fn: Callable, check_fn: Callable) -> dict:
+    """The shard's {output: array}, from its grid requests called one by one."""
+    from serving.plan import assemble_shard
+
+    _, shard_start, shard_stop, requests = element
+
+    def answers():
+        for start, stop in requests:
+            outputs = call(inputs_fn(start, stop))
+            check_fn(outputs, stop - start)
+            yield start, stop, outputs
+
+    return assemble_shard(shard_start, shard_stop, answers())
 
 
 # ---------------------------------------------------------------------------
@@ -99,11 +117,13 @@ class _LoadedSignature:
 class SavedModelHandler(ModelHandler):
     """Calls signature ``signature`` of the SavedModel at ``path`` in the worker."""
 
-    def __init__(self, path: str, signature: str, inputs_fn: Callable[[Any], dict]):
+    def __init__(self, path: str, signature: str, inputs_fn: Callable,
+                 check_fn: Callable):
         super().__init__(**_ONE_REQUEST_PER_CALL)
         self._path = path
         self._signature = signature
         self._inputs_fn = inputs_fn
+        self._check_fn = check_fn
 
     def load_model(self) -> _LoadedSignature:
         import tensorflow as tf
@@ -121,16 +141,16 @@ class SavedModelHandler(ModelHandler):
 
         from serving import errors
 
-        results = []
-        for element in batch:
-            inputs = {k: tf.constant(v) for k, v in self._inputs_fn(element).items()}
+        def call(inputs):
             try:
-                out = model.fn(**inputs)
+                out = model.fn(**{k: tf.constant(v) for k, v in inputs.items()})
             except Exception as e:  # noqa: BLE001 - classified by its code
                 raise errors.from_exception(e) from e
-            results.append(PredictionResult(
-                element, {k: v.numpy() for k, v in out.items()}))
-        return results
+            return {k: v.numpy() for k, v in out.items()}
+
+        return [PredictionResult(element, answer_shard(
+                    element, call, self._inputs_fn, self._check_fn))
+                for element in batch]
 
     def batch_elements_kwargs(self) -> dict:
         return dict(_ONE_REQUEST_PER_CALL)
@@ -148,8 +168,8 @@ class ServerHandler(RemoteModelHandler):
     """Calls ``signature`` of model ``model_name`` version ``version`` at ``target``."""
 
     def __init__(self, target: str, model_name: str, version: int,
-                 timeout: float, signature: str,
-                 inputs_fn: Callable[[Any], dict], max_retries: int):
+                 timeout: float, signature: str, inputs_fn: Callable,
+                 check_fn: Callable, max_retries: int):
         super().__init__(namespace="tfp_vae", num_retries=max_retries,
                          throttle_delay_secs=1, retry_filter=is_transient)
         self._target = target
@@ -158,6 +178,7 @@ class ServerHandler(RemoteModelHandler):
         self._timeout = timeout
         self._signature = signature
         self._inputs_fn = inputs_fn
+        self._check_fn = check_fn
 
     def create_client(self):
         from serving.client import Client
@@ -167,8 +188,13 @@ class ServerHandler(RemoteModelHandler):
                       timeout=self._timeout, max_attempts=1)
 
     def request(self, batch: Sequence, model, inference_args=None) -> list:
-        return [PredictionResult(element, model.predict(
-                    self._signature, self._inputs_fn(element)))
+        """A transient error on any request of the shard retries the shard's
+        requests (Beam's retry wraps this call); the answers are the same."""
+        def call(inputs):
+            return model.predict(self._signature, inputs)
+
+        return [PredictionResult(element, answer_shard(
+                    element, call, self._inputs_fn, self._check_fn))
                 for element in batch]
 
     def batch_elements_kwargs(self) -> dict:

@@ -7,17 +7,23 @@ Beam's `PipelineOptions` unchanged (``-- --runner=FlinkRunner
 
 The pipeline, for either job::
 
-    Create(grid requests)            one element per fixed-grid request, so
-                                     the rows batched together are the local
-                                     job's (answers' bytes depend on that)
+    Create(output shards)            one element per output shard with its
+                                     fixed-grid requests: the rows asked
+                                     together are the local job's (answers'
+                                     bytes depend on that)
     RunInference(handler)            `serving.beam_handlers`: a SavedModel in
                                      the worker, or a server through Beam's
-                                     RemoteModelHandler (retries, throttling)
-    Map(cut to its output shard)     (shard index, (first row, arrays))
-    GroupByKey                       one output shard's parts together
-    Map(write shard)                 deterministic name, temporary + rename,
-                                     -> the shard's manifest entry (sha256)
+                                     RemoteModelHandler (retries, throttling);
+                                     one call per grid request, the answers
+                                     put together into the shard's arrays
+    Map(write shard)                 in the same worker (fused): deterministic
+                                     name, temporary + rename -> the shard's
+                                     manifest entry (sha256)
     ToList | Map(write manifest)     once, at the end, from the entries
+
+The samples never leave the worker that computes them (only the entries
+travel), and the work spreads over the workers by output shard: give
+--shard-size at most N / workers.
 
 A retried bundle writes the same bytes under the same name again (a rename
 replaces), so it can leave neither a partial nor a duplicate shard; the
@@ -138,37 +144,14 @@ def _log(message: str) -> None:
 # Steps (module-level functions: they pickle by reference).
 # ---------------------------------------------------------------------------
 
-def _cut_generate(result, names: list):
-    from serving.generate import Job
-
-    si, ss, se, a, b = result.example
-    outputs = result.inference
-    Job._check_outputs(outputs, b - a, names)
-    lo, hi = max(a, ss), min(b, se)
-    return si, (lo, {k: outputs[k][lo - a:hi - a] for k in names})
-
-
-def _write_generate_shard(item, out: str, fmt: str, num_samples: int,
+def _write_generate_shard(result, out: str, fmt: str, num_samples: int,
                           shards: dict, quiet: bool) -> dict:
     import numpy as np
 
     from serving import beam_handlers, writers
 
-    index, parts = item
-    shard = shards[index]
-    parts = sorted(parts, key=lambda p: p[0])
-    first = parts[0][1]
-    arrays = {k: np.empty((shard.count, *v.shape[1:]), v.dtype)
-              for k, v in first.items()}
-    covered = 0
-    for start, outputs in parts:
-        rows = next(iter(outputs.values())).shape[0]
-        for k, v in outputs.items():
-            arrays[k][start - shard.start:start - shard.start + rows] = v
-        covered += rows
-    if covered != shard.count:
-        raise JobError(f"{shard.name}: {covered} samples answered; expected "
-                       f"{shard.count}")
+    shard = shards[result.example[0]]
+    arrays = result.inference
     if fmt == "png":
         digest = writers.ShardWriter(out, fmt, num_samples).write(shard, arrays)
     else:
@@ -205,18 +188,11 @@ def unique_entries(entries: list) -> list:
     return [by_shard[k] for k in sorted(by_shard)]
 
 
-def _cut_score(result):
-    from serving import score
-
-    return score.cut(result.example, result.inference)
-
-
-def _write_score_shard(item, out: str, shards: dict, quiet: bool) -> dict:
+def _write_score_shard(result, out: str, shards: dict, quiet: bool) -> dict:
     from serving import beam_handlers, score
 
-    index, parts = item
-    shard = shards[index]
-    data, stats = score.shard_bytes(shard, list(parts))
+    shard = shards[result.example[0]]
+    data, stats = score.shard_file(shard, result.inference)
     beam_handlers.write_file_atomically(beam_handlers.join(out, shard.name), data)
     if not quiet:
         _log(f"score: wrote {shard.name}")
@@ -234,27 +210,28 @@ def _write_summary(entries: list, path: str, job: dict) -> None:
 # The pipeline.
 # ---------------------------------------------------------------------------
 
-def _run(options, requests: list, handler, cut, write_shard, finish) -> None:
+def _run(options, elements: list, handler, write_shard, finish) -> None:
     beam = import_beam()
     from apache_beam.ml.inference.base import RunInference
 
     with beam.Pipeline(options=options) as p:
         (p
-         | "GridRequests" >> beam.Create(requests)
+         | "Shards" >> beam.Create(elements)
          | "RunInference" >> RunInference(handler)
-         | "CutToShard" >> beam.Map(cut)
-         | "GroupByShard" >> beam.GroupByKey()
          | "WriteShard" >> beam.Map(write_shard)
          | "AllShards" >> beam.combiners.ToList()
          | "Finish" >> beam.Map(finish))
 
 
-def _server_handler(args, version: int, signature: str, inputs_fn):
+def _handler(args, where, signature: str, inputs_fn, check_fn):
+    """The SavedModel at ``where`` in each worker, or version ``where`` of the server."""
     from serving import beam_handlers
 
-    return beam_handlers.ServerHandler(args.target, args.model_name, version,
-                                       args.timeout, signature, inputs_fn,
-                                       args.max_retries)
+    if args.target:
+        return beam_handlers.ServerHandler(args.target, args.model_name, where,
+                                           args.timeout, signature, inputs_fn,
+                                           check_fn, args.max_retries)
+    return beam_handlers.SavedModelHandler(where, signature, inputs_fn, check_fn)
 
 
 def _retrying(max_retries: int):
@@ -332,23 +309,20 @@ def run_generate_beam(args) -> int:
     _prepare_out(out, {s.name for s in shards} | {"manifest.json"})
     done = _verified(existing, shards, out)
     pending = [s for s in shards if s.index not in done]
-    requests = [(s.index, s.start, s.stop, a, b) for s in pending
-                for a, b in grid_requests(s, args.batch_size, args.num_samples)]
+    elements = [(s.index, s.start, s.stop,
+                 tuple(grid_requests(s, args.batch_size, args.num_samples)))
+                for s in pending]
     _log(f"generate: {len(pending)} of {len(shards)} shard(s) to write "
-         f"({len(requests)} requests) on Beam's "
+         f"({sum(len(e[3]) for e in elements)} requests) on Beam's "
          f"{options.get_all_options()['runner']}")
 
     inputs_fn = functools.partial(beam_handlers.generate_inputs, args.seed)
-    if args.target:
-        handler = _server_handler(args, model["model_version"], SIGNATURE, inputs_fn)
-    else:
-        handler = beam_handlers.SavedModelHandler(model["saved_model"], SIGNATURE,
-                                                  inputs_fn)
-    names = sorted(outputs)
+    check_fn = functools.partial(Job._check_outputs, specs=sorted(outputs))
+    handler = _handler(args, model.get("model_version", model.get("saved_model")),
+                       SIGNATURE, inputs_fn, check_fn)
     by_index = {s.index: s for s in pending}
-    if requests:
-        _run(options, requests, handler,
-             functools.partial(_cut_generate, names=names),
+    if elements:
+        _run(options, elements, handler,
              functools.partial(_write_generate_shard, out=out, fmt=args.format,
                                num_samples=args.num_samples, shards=by_index,
                                quiet=args.quiet),
@@ -420,18 +394,16 @@ def run_score_beam(args) -> int:
     out = _out_path(args.out)
     shards = score.plan_shards(len(x), args.shard_size)
     _prepare_out(out, {s.name for s in shards} | {score.SUMMARY_NAME})
-    requests = score.shard_requests(shards, args.batch_size, len(x))
-    _log(f"score: {len(x)} examples, {len(shards)} shard(s), {len(requests)} "
-         f"requests on Beam's {options.get_all_options()['runner']}")
+    elements = [score.shard_element(s, args.batch_size, len(x)) for s in shards]
+    _log(f"score: {len(x)} examples, {len(shards)} shard(s), "
+         f"{sum(len(e[3]) for e in elements)} requests on Beam's "
+         f"{options.get_all_options()['runner']}")
     data = args.data if "://" in args.data else os.path.abspath(args.data)
     key = args.key if args.data.endswith(".npz") else None
     inputs_fn = functools.partial(beam_handlers.score_inputs, args.seed, data, key)
-    if args.target:
-        handler = _server_handler(args, where, score.SIGNATURE, inputs_fn)
-    else:
-        handler = beam_handlers.SavedModelHandler(where, score.SIGNATURE, inputs_fn)
+    handler = _handler(args, where, score.SIGNATURE, inputs_fn, score.check_answer)
     summary_path = beam_handlers.join(out, score.SUMMARY_NAME)
-    _run(options, requests, handler, _cut_score,
+    _run(options, elements, handler,
          functools.partial(_write_score_shard, out=out,
                            shards={s.index: s for s in shards}, quiet=args.quiet),
          functools.partial(_write_summary, path=summary_path, job=job))

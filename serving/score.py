@@ -45,7 +45,7 @@ import numpy as np
 from export import contract
 from serving.errors import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobError,
                             ServingError)
-from serving.plan import Shard, grid_requests
+from serving.plan import Shard, assemble_shard, grid_requests
 
 SIGNATURE = contract.LOG_LIKELIHOOD
 _X, _SEED = contract.signature(SIGNATURE).input_keys
@@ -216,13 +216,6 @@ def plan_shards(num_examples: int, shard_size: int) -> list:
                   shard_name(j, total)) for j in range(total)]
 
 
-def shard_requests(shards: list, batch_size: int, num_examples: int) -> list:
-    """(shard index, shard start, shard stop, start, stop) for every grid
-    request of every shard, in order (a request straddling two shards is in both)."""
-    return [(s.index, s.start, s.stop, a, b) for s in shards
-            for a, b in grid_requests(s, batch_size, num_examples)]
-
-
 def check_answer(outputs: dict, rows: int) -> None:
     for name in OUTPUTS:
         value = outputs.get(name)
@@ -279,30 +272,19 @@ def summary_bytes(job: dict, entries: list) -> bytes:
     return (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode()
 
 
-def shard_bytes(shard: Shard, parts: list) -> tuple:
-    """(npz bytes, stats) of a shard from its (start, {output: array}) parts."""
+def shard_file(shard: Shard, arrays: dict) -> tuple:
+    """(npz bytes, stats) of a shard from its {output: array}."""
     from serving.writers import npz_bytes
 
-    arrays = {name: np.empty(shard.count, np.float32) for name in OUTPUTS}
-    covered = 0
-    for start, outputs in sorted(parts, key=lambda p: p[0]):
-        rows = len(outputs[OUTPUTS[0]])
-        for name in OUTPUTS:
-            arrays[name][start - shard.start:start - shard.start + rows] = outputs[name]
-        covered += rows
-    if covered != shard.count:
-        raise JobError(f"shard {shard.name}: {covered} examples answered; "
-                       f"expected {shard.count}")
+    arrays = {name: np.asarray(arrays[name], np.float32) for name in OUTPUTS}
     index = np.arange(shard.start, shard.stop, dtype=np.int64)
     return npz_bytes({**arrays, "index": index}), shard_stats(arrays)
 
 
-def cut(request: tuple, outputs: dict) -> tuple:
-    """(shard index, (start, outputs)) of a request's answer cut to its shard."""
-    si, ss, se, a, b = request
-    check_answer(outputs, b - a)
-    lo, hi = max(a, ss), min(b, se)
-    return si, (lo, {k: np.asarray(outputs[k][lo - a:hi - a]) for k in OUTPUTS})
+def shard_element(shard: Shard, batch_size: int, num_examples: int) -> tuple:
+    """(index, start, stop, grid requests): one shard and the requests covering it."""
+    return (shard.index, shard.start, shard.stop,
+            tuple(grid_requests(shard, batch_size, num_examples)))
 
 
 # ---------------------------------------------------------------------------
@@ -424,9 +406,10 @@ def run_local(args) -> int:
     fn, close = _model_fn(args, where)
 
     def answer(request):
-        a, b = request[3], request[4]
-        inputs = {_X: x[a:b], _SEED: seed_rows(args.seed, a, b)}
-        return cut(request, with_retries(fn, inputs))
+        a, b = request
+        outputs = with_retries(fn, {_X: x[a:b], _SEED: seed_rows(args.seed, a, b)})
+        check_answer(outputs, b - a)
+        return a, b, outputs
 
     from serving.manifest import sha256
 
@@ -434,9 +417,10 @@ def run_local(args) -> int:
     try:
         with ThreadPoolExecutor(args.concurrency) as pool:
             for shard in shards:
-                requests = shard_requests([shard], args.batch_size, len(x))
-                parts = [part for _, part in pool.map(answer, requests)]
-                data, stats = shard_bytes(shard, parts)
+                requests = grid_requests(shard, args.batch_size, len(x))
+                arrays = assemble_shard(shard.start, shard.stop,
+                                        pool.map(answer, requests))
+                data, stats = shard_file(shard, arrays)
                 files.write_atomically(os.path.join(out, shard.name), data)
                 entries.append(shard_entry(shard, sha256(data), stats))
                 if not args.quiet:

@@ -5,9 +5,13 @@ same files from the same exported model, each as the user runs it -- a fresh
 ``python -m serving.cli generate ...`` process:
 
 * ``local``  ``--runner local`` (threads, --concurrency 4);
-* ``beam``   ``--runner beam -- --direct_num_workers=2`` (Beam's FnApiRunner,
+* ``beam``   ``--runner beam -- --runner=FnApiRunner
+             --direct_running_mode=multi_processing --direct_num_workers=2``:
              two worker processes, each a fresh interpreter that imports
-             TensorFlow and loads the SavedModel).
+             TensorFlow and loads the SavedModel;
+* ``beam-threads`` (with --threads) the same with
+             ``--direct_running_mode=multi_threading``: two worker threads in
+             the launching process, which has TensorFlow loaded already.
 
 Start-up is measured apart from the steady rate: each runner also runs a job
 of one request (N0 = --batch-size samples), whose time is its start-up; the
@@ -58,8 +62,10 @@ def run_job(runner: str, model: str, n: int, args, out: str) -> float:
             "--num-samples", str(n), "--batch-size", str(args.batch_size),
             "--shard-size", str(args.shard_size), "--seed", "1", "--out", out,
             "--quiet", "--runner", runner]
-    if runner == "beam":
-        argv += ["--", "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+    if runner.startswith("beam"):
+        mode = "multi_threading" if runner == "beam-threads" else "multi_processing"
+        argv[-1] = "beam"
+        argv += ["--", "--runner=FnApiRunner", f"--direct_running_mode={mode}",
                  f"--direct_num_workers={args.workers}"]
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     started = time.perf_counter()
@@ -80,6 +86,8 @@ def main(argv=None):
                         help="Beam worker processes (--direct_num_workers).")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--network", choices=("mlp", "conv"), default="mlp")
+    parser.add_argument("--threads", action="store_true",
+                        help="Also time Beam with worker threads (multi_threading).")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     _common.print_environment()
@@ -90,11 +98,12 @@ def main(argv=None):
     root = tempfile.mkdtemp(prefix="bench-beam-")
     try:
         model = export_model(os.path.join(root, "models"), args.network, (28, 28))
-        times = {(r, n): [] for r in ("local", "beam") for n in [args.batch_size] + sizes}
+        runners = ("local", "beam") + (("beam-threads",) if args.threads else ())
+        times = {(r, n): [] for r in runners for n in [args.batch_size] + sizes}
         turn = 0
         for round_ in range(args.rounds):
             for n in [args.batch_size] + sizes:
-                order = ("local", "beam") if turn % 2 == 0 else ("beam", "local")
+                order = runners if turn % 2 == 0 else runners[::-1]
                 turn += 1
                 outs = {}
                 for runner in order:
@@ -106,24 +115,29 @@ def main(argv=None):
                           f"(load {_common.load_average()})", flush=True)
                 with open(os.path.join(outs["local"], "manifest.json"), "rb") as f:
                     local_manifest = f.read()
-                with open(os.path.join(outs["beam"], "manifest.json"), "rb") as f:
-                    same = f.read() == local_manifest
-                print(f"  N={n}: files {'byte-identical' if same else 'DIFFER'}", flush=True)
+                for runner in runners[1:]:
+                    with open(os.path.join(outs[runner], "manifest.json"), "rb") as f:
+                        same = f.read() == local_manifest
+                    print(f"  N={n}: {runner} files "
+                          f"{'byte-identical to local' if same else 'DIFFER from local'}",
+                          flush=True)
                 for out in outs.values():
                     shutil.rmtree(out, ignore_errors=True)
 
         med = {k: statistics.median(v) for k, v in times.items()}
         n0 = args.batch_size
-        print(f"\nstart-up (one request, N0={n0}): local {med[('local', n0)]:.1f} s, "
-              f"beam {med[('beam', n0)]:.1f} s")
-        print(f"{'N':>8} {'local s':>9} {'beam s':>9} {'beam/local thpt':>16} "
-              f"{'local steady/s':>15} {'beam steady/s':>14} {'steady ratio':>13}")
+        print(f"\nmedians of {args.rounds} round(s); start-up = a job of one "
+              f"request (N0={n0}): "
+              + ", ".join(f"{r} {med[(r, n0)]:.1f} s" for r in runners))
+        print(f"{'runner':>13} {'N':>8} {'seconds':>8} {'thpt/local':>11} "
+              f"{'steady/s':>9} {'steady/local':>13}")
         for n in sizes:
-            lt, bt = med[("local", n)], med[("beam", n)]
-            ls = (n - n0) / max(lt - med[("local", n0)], 1e-9)
-            bs = (n - n0) / max(bt - med[("beam", n0)], 1e-9)
-            print(f"{n:>8} {lt:>9.1f} {bt:>9.1f} {lt / bt:>16.2f} {ls:>15.0f} "
-                  f"{bs:>14.0f} {bs / ls:>13.2f}")
+            local_steady = (n - n0) / max(med[("local", n)] - med[("local", n0)], 1e-9)
+            for r in runners:
+                steady = (n - n0) / max(med[(r, n)] - med[(r, n0)], 1e-9)
+                print(f"{r:>13} {n:>8} {med[(r, n)]:>8.1f} "
+                      f"{med[('local', n)] / med[(r, n)]:>11.2f} {steady:>9.0f} "
+                      f"{steady / local_steady:>13.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -269,14 +269,9 @@ def run_generate_beam(args) -> int:
         outputs = source.outputs
     else:
         from serving.client import signature_info
-        from serving.servable import read_meta_graph
-        from serving.sources import resolve_saved_model
+        from serving.score import saved_model_meta_graph
 
-        path = resolve_saved_model(args.saved_model)
-        try:
-            meta_graph = read_meta_graph(path)
-        except ServingError as e:
-            raise JobError(f"--saved-model {path!r}: {e.message}") from e
+        path, meta_graph = saved_model_meta_graph(args.saved_model)
         signature = meta_graph.signature_def.get(SIGNATURE)
         if signature is None:
             raise JobError(f"--saved-model {path!r} has no '{SIGNATURE}' "

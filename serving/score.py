@@ -315,21 +315,16 @@ def prepare_model(args, example_shape: tuple, call_with_retries) -> tuple:
                 None, meta.version)
     from export import saved_contract
     from serving.client import signature_info
-    from serving.servable import read_meta_graph
-    from serving.sources import resolve_saved_model
 
-    path = resolve_saved_model(args.saved_model)
+    path, meta_graph = saved_model_meta_graph(args.saved_model)
     where = f"--saved-model {path!r}"
-    try:
-        meta_graph = read_meta_graph(path)
-    except ServingError as e:
-        raise JobError(f"{where}: {e.message}") from e
     signature = meta_graph.signature_def.get(SIGNATURE)
     if signature is None:
         raise JobError(f"{where} has no '{SIGNATURE}' signature; it has "
                        f"{sorted(meta_graph.signature_def)}")
     check_signature(signature_info(signature), where, example_shape)
-    k = (saved_contract.read_manifest(path) or {}).get("num_ll_samples")
+    manifest = saved_contract.read_manifest(path) if "://" not in path else None
+    k = (manifest or {}).get("num_ll_samples")
     if args.num_samples is not None and args.num_samples != k:
         raise JobError(
             f"--num-samples {args.num_samples}: {where} was exported with "
@@ -338,6 +333,40 @@ def prepare_model(args, example_shape: tuple, call_with_retries) -> tuple:
               "out or export again with tfp-vae export --num-ll-samples "
             f"{args.num_samples}", EXIT_USAGE)
     return {"saved_model": path}, k, path
+
+
+def saved_model_meta_graph(saved_model: str, what: str = "--saved-model") -> tuple:
+    """(version directory, its serving MetaGraphDef), read here before any work.
+
+    A local path may be a model base path (its highest version is taken); a
+    URI (gs://...) must be the version directory itself, read with
+    TensorFlow's file systems (those its build supports).
+    """
+    from serving.servable import read_meta_graph
+    from serving.sources import resolve_saved_model
+
+    if "://" not in saved_model:
+        path = resolve_saved_model(saved_model)
+        try:
+            return path, read_meta_graph(path)
+        except ServingError as e:
+            raise JobError(f"{what} {path!r}: {e.message}") from e
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = saved_model.rstrip("/")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with tf.io.gfile.GFile(path + "/saved_model.pb", "rb") as f:
+            proto.ParseFromString(f.read())
+    except Exception as e:  # noqa: BLE001 - any reason, reported with the path
+        raise JobError(f"cannot read {what} {path!r} (a URI must name a "
+                       f"SavedModel version directory on a file system "
+                       f"TensorFlow reads): {e}", EXIT_USAGE) from e
+    for meta_graph in proto.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == {"serve"}:
+            return path, meta_graph
+    raise JobError(f"{what} {path!r} has no MetaGraph tagged 'serve'", EXIT_USAGE)
 
 
 def job_identity(args, model: dict, k, num_examples: int) -> dict:

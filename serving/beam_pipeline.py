@@ -1,7 +1,7 @@
 """``tfp-vae generate --runner beam`` and ``tfp-vae score --runner beam``: Apache Beam pipelines.
 
 The same pipeline runs on the local FnApiRunner (the default: one worker
-process per core), Flink, Spark or Dataflow; options after a bare ``--`` go to
+thread per core), Flink, Spark or Dataflow; options after a bare ``--`` go to
 Beam's `PipelineOptions` unchanged (``-- --runner=FlinkRunner
 --flink_master=HOST:8081 ...``).
 
@@ -72,12 +72,20 @@ def _has_flag(args: list, name: str) -> bool:
 
 def pipeline_args_with_defaults(pipeline_args: list) -> list:
     """The user's options, and without a --runner the local FnApiRunner with
-    one worker process per core (``--direct_num_workers=0``)."""
+    one worker per core (``--direct_num_workers=0``).
+
+    The local workers are threads of this process (``multi_threading``), which
+    has TensorFlow loaded and shares one SavedModel between them; TensorFlow
+    runs outside the GIL.  ``--direct_running_mode=multi_processing`` gives
+    worker processes instead: each a fresh interpreter that imports TensorFlow
+    and loads the model, tens of seconds more before the first sample and, on
+    few cores, their thread pools competing (`bench/bench_beam.py`).
+    """
     args = list(pipeline_args)
     if not _has_flag(args, "--runner"):
         args.insert(0, "--runner=FnApiRunner")
         if not _has_flag(args, "--direct_running_mode"):
-            args.append("--direct_running_mode=multi_processing")
+            args.append("--direct_running_mode=multi_threading")
         if not _has_flag(args, "--direct_num_workers"):
             args.append("--direct_num_workers=0")
     if not _has_flag(args, "--default_sdk_harness_log_level"):

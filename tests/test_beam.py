@@ -1,9 +1,10 @@
 """The Beam runner of the generation and scoring jobs: same bytes as the local runner.
 
 Pipelines run on Beam's FnApiRunner: once with two worker processes (fresh
-interpreters, each importing TensorFlow: the slow case, done once per module)
-and otherwise in this process (``--direct_running_mode=in_memory``), which
-runs the same pipeline graph and DoFns without new interpreters.
+interpreters, each importing TensorFlow: the slow case, done once per module),
+once with the default options (worker threads, one per core), and otherwise in
+this process (``--direct_running_mode=in_memory``), which runs the same
+pipeline graph and DoFns without new interpreters.
 """
 
 import argparse
@@ -103,12 +104,13 @@ def test_generate_matches_the_model_itself(model, local_generate):
     np.testing.assert_array_equal(got, want)
 
 
-def test_generate_tfrecord_in_process_byte_identical(model, tmp_path):
+def test_generate_tfrecord_default_options_byte_identical(model, tmp_path):
+    """No options after --: the local FnApiRunner, one worker thread per core."""
     flags = ("--saved-model", model, "--num-samples", 100, "--batch-size", 30,
              "--shard-size", 40, "--seed", 2, "--format", "tfrecord", "--quiet")
     assert _cli("generate", *flags, "--out", tmp_path / "local") == 0
     assert _cli("generate", *flags, "--out", tmp_path / "beam", "--runner",
-                "beam", "--", *IN_PROCESS) == 0
+                "beam") == 0
     assert _files(tmp_path / "beam") == _files(tmp_path / "local")
 
 
@@ -274,7 +276,7 @@ def test_other_commands_take_no_pipeline_options(capsys):
 
 def test_default_options_are_local_fnapirunner():
     assert beam_pipeline.pipeline_args_with_defaults([]) == [
-        "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+        "--runner=FnApiRunner", "--direct_running_mode=multi_threading",
         "--direct_num_workers=0", "--default_sdk_harness_log_level=WARNING"]
     assert beam_pipeline.pipeline_args_with_defaults(
         ["--runner=FlinkRunner", "--flink_master=h:8081"]) == [

@@ -131,13 +131,22 @@ def main(argv=None):
               + ", ".join(f"{r} {med[(r, n0)]:.1f} s" for r in runners))
         print(f"{'runner':>13} {'N':>8} {'seconds':>8} {'thpt/local':>11} "
               f"{'steady/s':>9} {'steady/local':>13}")
+        def steady(r, n):
+            """(n - N0) / (T(n) - T(N0)); None when noise makes T(n) <= T(N0)."""
+            extra = med[(r, n)] - med[(r, n0)]
+            return (n - n0) / extra if extra > 0 else None
+
         for n in sizes:
-            local_steady = (n - n0) / max(med[("local", n)] - med[("local", n0)], 1e-9)
+            local_steady = steady("local", n)
             for r in runners:
-                steady = (n - n0) / max(med[(r, n)] - med[(r, n0)], 1e-9)
+                rate = steady(r, n)
+                ratio = (f"{rate / local_steady:13.2f}" if rate and local_steady
+                         else f"{'n/a':>13}")
+                shown = f"{rate:9.0f}" if rate else f"{'n/a':>9}"
                 print(f"{r:>13} {n:>8} {med[(r, n)]:>8.1f} "
-                      f"{med[('local', n)] / med[(r, n)]:>11.2f} {steady:>9.0f} "
-                      f"{steady / local_steady:>13.2f}")
+                      f"{med[('local', n)] / med[(r, n)]:>11.2f} {shown} {ratio}")
+        print("(steady n/a: the job of N took no longer than the one-request job, "
+              "the machine's noise exceeds the work)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

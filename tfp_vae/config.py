@@ -54,6 +54,9 @@ class TrainConfig:
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
     jit_compile: bool = False  # XLA for the training step; not faster here (bench/bench_speed.py)
+    # distribution (tfp_vae.distribute); batch_size is the global batch
+    strategy: str = "none"  # none | mirrored | multi_worker
+    num_replicas: Optional[int] = None  # written by train; if given, the strategy must have this many
     # evaluation
     eval_samples: int = 1000
     eval_examples: Optional[int] = None  # None: the whole test split
@@ -100,6 +103,7 @@ class TrainConfig:
         one_of("gaussian_scale", names.GAUSSIAN_SCALES)
         one_of("objective", names.OBJECTIVES)
         one_of("ae_loss", names.AE_LOSSES)
+        one_of("strategy", names.STRATEGIES)
         one_of("sparsity", names.SPARSITY)
         one_of("noise", names.NOISE)
         for name in ("latent_dim", "num_components", "num_train_samples", "epochs",
@@ -108,12 +112,25 @@ class TrainConfig:
         positive_int("kl_warmup_epochs", allow_zero=True)
         positive_int("early_stopping_patience", allow_zero=True)
         positive_int("eval_examples", allow_none=True)
+        positive_int("num_replicas", allow_none=True)
+        if self.num_replicas is not None and self.batch_size % self.num_replicas:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not valid with num_replicas={self.num_replicas}; "
+                "expected a multiple of it (the global batch is split evenly across replicas)."
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(
                 f"seed={self.seed!r} is not valid; expected an integer in [0, 2**32 - 1]."
             )
         if not isinstance(self.jit_compile, bool):
             raise ValueError(f"jit_compile={self.jit_compile!r} is not valid; expected true or false.")
+        if self.jit_compile and self.strategy != "none":
+            # With two CPU replicas the compiled step reads a replica's variables from the
+            # other device and fails; GPUs were not available to check, so refused for all.
+            raise ValueError(
+                f"jit_compile=True is not valid with strategy={self.strategy!r}; expected "
+                "jit_compile false, or strategy 'none'."
+            )
         if not self.hidden or any(not isinstance(h, int) or h <= 0 for h in self.hidden):
             raise ValueError(f"hidden={self.hidden!r} is not valid; expected positive integers.")
         positive_float("validation_fraction", allow_zero=True, upper=1)

@@ -32,11 +32,20 @@ def dtype_name(dtype_enum: int) -> str:
         return f"unknown dtype {dtype_enum}"
 
 
+_ENUM_OF = {}            # numpy dtype -> DataType enum, filled on first use
+
+
 def dtype_enum_of(array: np.ndarray) -> int:
     """The DataType enum of a numpy array (strings/bytes are DT_STRING)."""
-    if array.dtype.kind in ("S", "U", "O"):
-        return types_pb2.DT_STRING
-    return tf.dtypes.as_dtype(array.dtype).as_datatype_enum
+    dtype = array.dtype
+    enum = _ENUM_OF.get(dtype)
+    if enum is None:
+        if dtype.kind in ("S", "U", "O"):
+            enum = types_pb2.DT_STRING
+        else:
+            enum = tf.dtypes.as_dtype(dtype).as_datatype_enum
+        _ENUM_OF[dtype] = enum
+    return enum
 
 
 def numpy_dtype(dtype_enum: int) -> np.dtype:

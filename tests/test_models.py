@@ -320,3 +320,30 @@ def test_train_config_checks_jit_compile():
     assert TrainConfig().jit_compile is False
     with pytest.raises(ValueError, match="jit_compile='yes' is not valid; expected true or false"):
         TrainConfig(jit_compile="yes").validate()
+
+
+def test_steps_per_execution_trains_the_same_model(digits):
+    """steps_per_execution (tfp-vae train --steps-per-execution N) runs the same steps with
+    the same seeds, only fewer calls into TensorFlow: the same weights to float rounding."""
+    x, _, _ = digits
+    x = x[:640]
+    weights, histories = [], []
+    for spe in (1, 4):
+        keras.utils.set_random_seed(0)
+        model = make_vae(latent=2, hidden=(32,), posterior="diag")
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), steps_per_execution=spe)
+        histories.append(model.fit(x, epochs=2, batch_size=64, verbose=0, shuffle=False).history["loss"])
+        weights.append([w.numpy() for w in model.weights])
+    assert int(model.optimizer.iterations.numpy()) == 2 * 10
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-5)
+    for a, b in zip(weights[0], weights[1]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_train_config_checks_steps_per_execution():
+    from tfp_vae.config import TrainConfig
+
+    assert TrainConfig().steps_per_execution == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=f"steps_per_execution={bad!r} is not valid; expected a positive integer"):
+            TrainConfig(steps_per_execution=bad).validate()

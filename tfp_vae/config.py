@@ -52,6 +52,10 @@ class TrainConfig:
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
     jit_compile: bool = False  # XLA for the training step; not faster here (bench/bench_speed.py)
+    # Training steps run per call into TensorFlow (Keras' steps_per_execution); the same
+    # steps and result, less Python between steps. The progress bar and batch-level
+    # callbacks see every this many steps.
+    steps_per_execution: int = 1
     # evaluation
     eval_samples: int = 1000
     eval_examples: Optional[int] = None  # None: the whole test split
@@ -106,6 +110,7 @@ class TrainConfig:
         positive_int("kl_warmup_epochs", allow_zero=True)
         positive_int("early_stopping_patience", allow_zero=True)
         positive_int("eval_examples", allow_none=True)
+        positive_int("steps_per_execution")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(
                 f"seed={self.seed!r} is not valid; expected an integer in [0, 2**32 - 1]."

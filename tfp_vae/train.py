@@ -129,7 +129,8 @@ def run(config, out_dir, verbose="auto"):
         _check_data(x, config, name)
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, x_train.shape[1:])
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.jit_compile)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.jit_compile,
+                  steps_per_execution=config.steps_per_execution)
 
     with staged_directory(out_dir) as staging:
         timer = _Throughput()

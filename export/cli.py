@@ -1,8 +1,9 @@
 """Command-line hooks for ``tfp-vae export`` and ``tfp-vae validate``.
 
-``add_export_arguments(parser)`` / ``run_export(args)`` and
-``add_validate_arguments(parser)`` / ``run_validate(args)`` fill in and run an
-``argparse`` sub-command; ``python -m export`` runs them on their own.
+``add_export_arguments(parser)`` / ``check_export(args)`` / ``run_export(args)`` and
+the same three for ``validate`` fill in, check and run an ``argparse`` sub-command;
+``python -m export`` runs them on their own. Defining and checking the arguments
+needs no TensorFlow (``export.checks``, ``export.contract``); only running does.
 Exit codes: 0 success, 1 validation failed, 2 bad arguments or input.
 """
 
@@ -10,7 +11,7 @@ import argparse
 import os
 import sys
 
-from export import exporter, server_config, validation
+from export import checks, contract, server_config
 
 
 def _int_at_least(minimum):
@@ -64,7 +65,7 @@ def add_export_arguments(parser):
     parser.add_argument(
         "--num-ll-samples",
         type=_int_at_least(1),
-        default=exporter.DEFAULT_NUM_LL_SAMPLES,
+        default=contract.DEFAULT_NUM_LL_SAMPLES,
         metavar="K",
         help="importance samples per row of the log_likelihood signature (default %(default)s)",
     )
@@ -163,8 +164,24 @@ def _print_tree(path, out):
             )
 
 
+def check_export(args):
+    """ValueError naming the first bad argument of ``tfp-vae export``; needs no TensorFlow."""
+    try:
+        checks.run_model_path(args.run_dir)
+        checks.check_name(args.name)
+        model_dir = os.path.join(args.base_path, args.name)
+        checks.check_directory_path(model_dir)
+        if args.version is not None:
+            checks.check_version(args.version, model_dir)
+        _batching_from_args(args)
+    except checks.ExportError as e:
+        raise ValueError(str(e)) from None
+
+
 def run_export(args, out=None, err=None):
     """Runs ``tfp-vae export``; returns the exit code."""
+    from export import exporter, validation
+
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -229,22 +246,41 @@ def add_validate_arguments(parser):
     parser.add_argument(
         "--batch-sizes",
         type=_int_list,
-        default=list(validation.DEFAULT_BATCH_SIZES),
+        default=list(contract.DEFAULT_VALIDATION_BATCH_SIZES),
         metavar="B1,B2",
         help="batch sizes to run every signature at (default %(default)s)",
     )
     return parser
 
 
+def _version_dir_error(version_dir):
+    if not os.path.isdir(version_dir):
+        return (f"{version_dir!r} is not a directory; expected an exported "
+                "version directory BASE/NAME/<version>.")
+    return None
+
+
+def check_validate(args):
+    """ValueError naming the first bad argument of ``tfp-vae validate``; needs no TensorFlow."""
+    problem = _version_dir_error(args.version_dir)
+    if problem:
+        raise ValueError(problem)
+    if args.run_dir:
+        try:
+            checks.run_model_path(args.run_dir)
+        except checks.ExportError as e:
+            raise ValueError(str(e)) from None
+
+
 def run_validate(args, out=None, err=None):
     """Runs ``tfp-vae validate``; returns the exit code."""
+    from export import exporter, validation
+
     out = out or sys.stdout
     err = err or sys.stderr
-    if not os.path.isdir(args.version_dir):
-        err.write(
-            f"error: {args.version_dir!r} is not a directory; expected an exported "
-            "version directory BASE/NAME/<version>.\n"
-        )
+    problem = _version_dir_error(args.version_dir)
+    if problem:
+        err.write(f"error: {problem}\n")
         return 2
     model = None
     try:

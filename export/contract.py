@@ -54,6 +54,12 @@ KINDS = (VAE, AUTOENCODER)
 # The method name TF Serving's Predict API expects on every SignatureDef.
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 
+# Importance samples per row baked into ``log_likelihood`` unless the export asks for
+# another k (``num_ll_samples``), and the batch sizes the validator runs every
+# signature at. Here so the command line can show them without loading TensorFlow.
+DEFAULT_NUM_LL_SAMPLES = 100
+DEFAULT_VALIDATION_BATCH_SIZES = (2, 5)
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:

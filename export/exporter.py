@@ -26,20 +26,16 @@ exports into the same model directory are serialized by a lock file
 import contextlib
 import dataclasses
 import json
-import numbers
 import os
-import re
 
 from export import contract, endpoints, saved_contract, server_config, validation, warmup
+from export.checks import (ExportError, check_directory_path as _check_directory_path,
+                           check_name as _check_name, check_version as _check_version,
+                           list_versions, next_version, run_model_path)
 from tfp_vae import files
 
 LOCK_FILE = ".export.lock"
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-DEFAULT_NUM_LL_SAMPLES = 100
-
-
-class ExportError(Exception):
-    """An export could not be done as asked; the message names the value and what was expected."""
+DEFAULT_NUM_LL_SAMPLES = contract.DEFAULT_NUM_LL_SAMPLES
 
 
 @dataclasses.dataclass
@@ -53,23 +49,6 @@ class ExportResult:
 
     def __str__(self):
         return self.path
-
-
-def list_versions(model_dir):
-    """Sorted integer versions present in ``model_dir`` (directories named by an integer)."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(
-        int(entry)
-        for entry in os.listdir(model_dir)
-        if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry))
-    )
-
-
-def next_version(model_dir):
-    """One more than the highest version present, or 1."""
-    versions = list_versions(model_dir)
-    return versions[-1] + 1 if versions else 1
 
 
 def remove_stale_temporaries(model_dir):
@@ -90,47 +69,6 @@ def _model_dir_lock(model_dir):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _check_name(name):
-    if not isinstance(name, str) or not _MODEL_NAME.match(name):
-        raise ExportError(
-            f"Model name {name!r} is not valid: expected letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (it becomes a directory and a URL path segment)."
-        )
-
-
-def _check_directory_path(path):
-    """ExportError unless ``path`` is a directory or can be made one (no file in the way)."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return
-        probe = parent
-    if not os.path.isdir(probe):
-        raise ExportError(
-            f"Cannot create the model directory {path}: {probe} is a file, not a directory."
-        )
-
-
-def _check_version(version, model_dir):
-    if not isinstance(version, numbers.Integral) or isinstance(version, bool) or version < 0:
-        raise ExportError(f"version must be a non-negative integer, got {version!r}.")
-    if version > 2**63 - 1:
-        # TF Serving reads version directory names as int64 and skips any other name.
-        raise ExportError(
-            f"version must fit in int64 (at most {2**63 - 1}), as TF Serving reads it; "
-            f"got {version}."
-        )
-    version = int(version)
-    path = os.path.join(model_dir, str(version))
-    if os.path.exists(path) or version in list_versions(model_dir):
-        raise ExportError(
-            f"Version {version} already exists at {path}; versions are never overwritten. "
-            f"Pass another version or none (the next free one is {next_version(model_dir)})."
-        )
-    return version
 
 
 def _manifest(plan, name, extra):
@@ -314,13 +252,7 @@ def load_run_model(run_dir):
     Unlike ``tfp_vae.train.load_run`` it needs no ``config.json``: any saved tfp_vae
     model can be exported.
     """
-    run_dir = os.fspath(run_dir)
-    model_path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(model_path):
-        raise ExportError(
-            f"{run_dir!r} is not a run directory: {model_path} is missing "
-            "(expected model.keras and config.json written by `tfp-vae train`)."
-        )
+    model_path = run_model_path(run_dir)
     import keras
 
     import tfp_vae  # noqa: F401  (registers the classes model.keras refers to)

@@ -39,7 +39,7 @@ import os
 
 import tensorflow as tf
 
-from export import file_checks, run_checks
+from export import contract, file_checks, run_checks
 from export.report import CheckResult, ValidationError, ValidationReport
 from export.saved_contract import (
     SERVE_TAG,
@@ -49,7 +49,7 @@ from export.saved_contract import (
     resolve_contract,
 )
 
-DEFAULT_BATCH_SIZES = (2, 5)
+DEFAULT_BATCH_SIZES = contract.DEFAULT_VALIDATION_BATCH_SIZES
 
 __all__ = ["DEFAULT_BATCH_SIZES", "ValidationError", "ValidationReport", "validate"]
 

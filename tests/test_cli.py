@@ -134,3 +134,78 @@ def test_every_subcommand_has_help(command, capsys):
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: tfp-vae " + command in capsys.readouterr().out
+
+
+# Arguments are checked before TensorFlow is imported: each mistake below must fail with
+# its message in a process that never loaded TensorFlow (importing it takes seconds).
+_NO_TF = """
+import sys
+from serving.cli import main
+code = main(sys.argv[1:])
+print("tensorflow imported:", "tensorflow" in sys.modules, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("words,message", [
+    (["train", "--seed", "-1"], "--seed -1: seed=-1 is not valid"),
+    (["train", "--posterior", "tirl"], "posterior='tirl' is not valid; expected one of"),
+    (["train", "--dataset", "missing.npz"], "--dataset 'missing.npz': no such file"),
+    (["train", "--config", "{tmp}/bad.json"], "Unknown config keys ['latent']"),
+    (["train", "--out", "{tmp}/file/run"], "is a file, not a directory"),
+    (["evaluate", "{tmp}"], "is not a complete run directory"),
+    (["export", "{tmp}", "--base-path", "{tmp}/m", "--name", "vae"], "model.keras is missing"),
+    (["export", "{tmp}/run", "--base-path", "{tmp}/m", "--name", "a/b"], "Model name 'a/b' is not valid"),
+    (["export", "{tmp}/run", "--base-path", "{tmp}/file", "--name", "vae"], "is a file, not a directory"),
+    (["export", "{tmp}/run", "--base-path", "{tmp}/m", "--name", "vae", "--version",
+      str(2**63)], "version must fit in int64"),
+    (["validate", "{tmp}/nothing"], "is not a directory"),
+    (["serve", "--port", "99999", "--model_base_path", "{tmp}"], "--port must be in [0, 65535]"),
+    (["generate", "--target", "localhost:1", "--num-samples", "8", "--out", "{tmp}/g"],
+     "--model_name is required"),
+    (["train", "--posteriorr", "diag"], "unrecognized arguments: --posteriorr"),
+])
+def test_arguments_are_checked_before_tensorflow_loads(tmp_path, words, message):
+    (tmp_path / "bad.json").write_text(json.dumps({"latent": 3}))
+    (tmp_path / "file").write_text("not a directory")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_text("")
+    words = [w.format(tmp=tmp_path) for w in words]
+    if words[0] == "train" and "--out" not in words:
+        words += ["--out", str(tmp_path / "new-run")]
+    proc = subprocess.run([sys.executable, "-c", _NO_TF, *words], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "tensorflow imported: True" not in proc.stderr
+    assert not (tmp_path / "new-run").exists() and not (tmp_path / "m").exists()
+
+
+def test_a_command_that_does_not_use_the_library_leaves_it_importable_as_usual():
+    """After the command line took the library's light modules and gave them back, a
+    plain ``import tfp_vae`` in the same process still registers the Keras classes."""
+    script = """
+import sys
+from serving.cli import main
+try:
+    main(["serve", "--help"])
+except SystemExit:
+    pass
+import keras, tfp_vae
+assert keras.saving.get_registered_object("tfp_vae>VAE") is tfp_vae.VAE
+from tfp_vae import config
+assert config.TrainConfig is tfp_vae.config.TrainConfig
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+def test_builtin_names_are_what_the_registries_hold():
+    """tfp_vae.names lists, without TensorFlow, exactly the built-in registry entries."""
+    import tfp_vae
+    from tfp_vae import names
+
+    for kind, builtin in names.BUILTIN.items():
+        assert tuple(sorted(getattr(tfp_vae, kind).names())) == builtin, kind
+    assert tfp_vae.data.BUILTIN == names.DATASETS and tfp_vae.vae.OBJECTIVES == names.OBJECTIVES

@@ -17,12 +17,13 @@ Reconstruction loss: ``"bce"`` (decoder outputs logits, mean = sigmoid) or ``"ms
 summed over data elements per example, averaged over the batch.
 """
 
+from tfp_vae import names
 from tfp_vae._backend import keras, tf, tfd
 from tfp_vae._training import TermsModel, as_float, known_input_shape
 
-LOSSES = ("bce", "mse")
-SPARSITY = (None, "l1", "kl")
-NOISE = (None, "gaussian", "mask")
+LOSSES = names.AE_LOSSES
+SPARSITY = names.SPARSITY
+NOISE = names.NOISE
 
 
 def kl_sparsity_penalty(codes, target):

@@ -2,7 +2,9 @@
 
 Each command is a pair: ``add_<command>_arguments(parser)`` and ``run_<command>(args)``.
 The ``tfp-vae`` dispatcher (``serving.cli``) puts them beside the export and serving
-commands; the library knows nothing of those.
+commands; the library knows nothing of those. ``check_<command>(args)`` raises a
+ValueError (or FileNotFoundError/FileExistsError) naming the bad argument; it and the
+argument definitions import no TensorFlow, so a typo fails before TensorFlow loads.
 """
 
 import argparse
@@ -10,6 +12,7 @@ import dataclasses
 import json
 import os
 
+from tfp_vae import files
 from tfp_vae.config import TrainConfig
 
 _TRAIN_HELP = {
@@ -114,13 +117,36 @@ def _train_config(args):
         raise
 
 
+def check_train(args):
+    """The checks of ``tfp-vae train`` that need no TensorFlow: config, data file, --out."""
+    config = _train_config(args)
+    if config.dataset.endswith((".npy", ".npz")) and not os.path.isfile(config.dataset):
+        raise FileNotFoundError(f"--dataset {config.dataset!r}: no such file; expected a .npy/.npz file.")
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        raise FileNotFoundError(f"--data-dir {config.data_dir!r}: no such directory.")
+    files.require_new_directory(args.out)
+    return config
+
+
 def run_train(args):
-    config = _train_config(args)  # fails on bad input before anything is loaded or written
+    config = check_train(args)  # fails on bad input before anything is loaded or written
     from tfp_vae import train
 
     metrics = train.run(config, args.out, verbose=0 if args.quiet else "auto")
     print(json.dumps({"run_dir": os.path.abspath(args.out), **metrics}, indent=2))
     return 0
+
+
+def check_evaluate(args):
+    """RUN_DIR must be a complete run directory with a valid config.json."""
+    missing = [f for f in ("model.keras", "config.json")
+               if not os.path.isfile(os.path.join(args.run_dir, f))]
+    if missing:
+        raise FileNotFoundError(
+            f"{os.path.abspath(args.run_dir)} is not a complete run directory (missing "
+            f"{', '.join(missing)}); expected the output of `tfp-vae train --out DIR`."
+        )
+    TrainConfig.from_json_file(os.path.join(args.run_dir, "config.json")).validate()
 
 
 def run_evaluate(args):

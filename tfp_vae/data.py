@@ -25,8 +25,10 @@ import os
 
 import numpy as np
 
-BUILTIN = ("mnist5k", "digits", "mnist", "fashion_mnist")
-BINARIZE = (None, "static", "dynamic")
+from tfp_vae import names
+
+BUILTIN = names.DATASETS
+BINARIZE = names.BINARIZE
 
 _FASHION_FILES = (
     "train-labels-idx1-ubyte.gz",

@@ -25,6 +25,21 @@ import shutil
 _TEMPORARY = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 
 
+def require_new_directory(path, what="Run directory", flag="--out"):
+    """FileExistsError unless ``path`` is free and its nearest existing ancestor a directory."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        raise FileExistsError(
+            f"{what} {path} already exists; choose another {flag} or remove it first."
+        )
+    probe = os.path.dirname(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise FileExistsError(f"Cannot create {what.lower()} {path}: {probe} is a file, not a directory.")
+    return path
+
+
 def temporary_path(final_path):
     """A fresh temporary name beside ``final_path`` (see the module docstring)."""
     directory, name = os.path.split(os.path.abspath(final_path))

@@ -85,12 +85,7 @@ def evaluate_model(model, x, num_samples, seed=0, batch_size=100):
 
 def staged_directory(out_dir):
     """A hidden staging directory that becomes ``out_dir`` only on success (``files``)."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir):
-        raise FileExistsError(
-            f"Run directory {out_dir} already exists; choose another --out or remove it first."
-        )
-    return files.atomic_directory(out_dir)
+    return files.atomic_directory(files.require_new_directory(out_dir))
 
 
 def write_json(path, obj):

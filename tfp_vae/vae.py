@@ -41,10 +41,10 @@ from tfp_vae import posteriors as posteriors_lib
 from tfp_vae import priors as priors_lib
 from tfp_vae._backend import keras, tf, tfd
 from tfp_vae._training import TermsModel, as_float, known_input_shape
-from tfp_vae import philox
+from tfp_vae import names, philox
 from tfp_vae.row_sampling import POSTERIOR, sample_rows, seed_rows
 
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = names.OBJECTIVES
 KL_METHODS = ("auto", "analytic", "sampled")
 
 

@@ -347,3 +347,18 @@ def test_train_config_checks_steps_per_execution():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match=f"steps_per_execution={bad!r} is not valid; expected a positive integer"):
             TrainConfig(steps_per_execution=bad).validate()
+
+
+def test_kl_warmup_refuses_steps_per_execution(digits):
+    """The KL ramp is set before every step; with several steps per execution it would
+    move only between executions, so the combination is refused, not run differently."""
+    from tfp_vae.config import TrainConfig
+
+    x, _, _ = digits
+    model = make_vae(latent=2, hidden=(8,), kl_warmup_epochs=2)
+    model.compile(optimizer="adam", steps_per_execution=4)
+    with pytest.raises(ValueError, match="kl_warmup_epochs=2 .* needs steps_per_execution=1; .*=4"):
+        model.fit(x[:64], epochs=1, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match="steps_per_execution=4 is not valid with kl_warmup_epochs=3"):
+        TrainConfig(kl_warmup_epochs=3, steps_per_execution=4).validate()
+    TrainConfig(kl_warmup_epochs=3, steps_per_execution=1).validate()

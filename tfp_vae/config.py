@@ -113,6 +113,12 @@ class TrainConfig:
         positive_int("early_stopping_patience", allow_zero=True)
         positive_int("eval_examples", allow_none=True)
         positive_int("steps_per_execution")
+        if self.kl_warmup_epochs and self.steps_per_execution > 1:
+            raise ValueError(
+                f"steps_per_execution={self.steps_per_execution} is not valid with "
+                f"kl_warmup_epochs={self.kl_warmup_epochs}: the KL ramp moves every step; "
+                "expected steps_per_execution 1."
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(
                 f"seed={self.seed!r} is not valid; expected an integer in [0, 2**32 - 1]."

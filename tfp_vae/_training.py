@@ -10,6 +10,11 @@ class TermsModel(keras.Model):
     per-example vector. Training minimizes the mean of "loss" (plus any layer losses);
     every name in ``TERMS`` is tracked as a metric, so ``fit``/``evaluate`` report them.
     Training randomness comes from ``self.seed_generator`` as a TFP stateless seed.
+
+    Under a ``tf.distribute`` strategy each replica runs the step on its part of the
+    global batch: its loss is its share of the global mean (``global_batch_mean``) and
+    its seed has the replica id folded in (``replica_seed``). The metrics are Keras
+    metrics, whose totals and counts are summed over replicas when read.
     """
 
     TERMS = ("loss",)
@@ -68,25 +73,79 @@ class TermsModel(keras.Model):
     def _record(self, terms):
         for name, tracker in self._trackers.items():
             tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        results = {name: tracker.result() for name, tracker in self._trackers.items()}
+        if _across_workers():
+            # Keras reduces a step's outputs across workers with
+            # strategy.reduce("MEAN", v, axis=0), which fails on scalars; [1] reduces
+            # to the scalar. (Epoch logs are read from the metrics themselves.)
+            results = {name: tf.reshape(v, [1]) for name, v in results.items()}
+        return results
 
     def _next_seed(self):
-        return tf.cast(self.seed_generator.next(), tf.int32)
+        return replica_seed(tf.cast(self.seed_generator.next(), tf.int32))
 
     def train_step(self, data):
         x = features(data)
         seed = self._next_seed()
         with tf.GradientTape() as tape:
             terms = self._terms(x, seed, training=True)
-            loss = tf.reduce_mean(terms["loss"])
+            loss = global_batch_mean(terms["loss"])
             if self.losses:
-                loss += tf.add_n(self.losses)
+                loss += tf.add_n(self.losses) / _replicas()
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return self._record(terms)
 
     def test_step(self, data):
         return self._record(self._terms(features(data), self._next_seed(), training=False))
+
+
+def _replicas():
+    """Replicas that train in sync (1 outside a tf.distribute strategy)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def _across_workers():
+    """Whether training runs on a MultiWorkerMirroredStrategy with more than one worker."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    spec = strategy.cluster_resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in spec.jobs) > 1
+
+
+def replica_seed(seed):
+    """``seed`` ([2] int32) for this replica: unchanged with one replica, else with the
+    replica id folded in, so replicas draw different noise from one shared seed.
+
+    The seed generator's state is mirrored: every replica holds the same state and
+    advances it the same way, so without this each replica would draw the noise of
+    the others (example i of every replica's part of the batch, the same eps).
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return seed
+    return tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
+
+
+def global_batch_mean(values):
+    """This replica's share of the mean of ``values`` over the global batch.
+
+    ``values`` is a per-example vector [b] (this replica's b examples) or a scalar that
+    is already a mean over them. Optimizers sum gradients over replicas, so a replica
+    contributes sum(values) / N with N the global batch size, gathered from all replicas
+    (the last batch of an epoch may split unevenly); a scalar counts 1 / replicas.
+    With one replica this is ``tf.reduce_mean(values)``.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.reduce_mean(values)
+    if values.shape.rank == 0:
+        return values / context.num_replicas_in_sync
+    count = tf.cast(tf.shape(values)[0], values.dtype)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.reduce_sum(values) / total
 
 
 def features(data):

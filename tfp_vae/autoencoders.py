@@ -181,6 +181,8 @@ class Autoencoder(TermsModel):
     def _terms(self, x, seed, training):
         inputs = self.corrupt(x, seed) if training else x
         codes = self.code_layer(self.encoder(inputs, training=training))
-        recon = tf.reduce_mean(self.reconstruction_loss(x, self.decoder(codes, training=training)))
+        # Per example, so the training step can average over a global batch split
+        # unevenly across replicas; the penalty is a statistic of the (replica's) batch.
+        recon = self.reconstruction_loss(x, self.decoder(codes, training=training))
         penalty = self.penalty(codes)
         return {"loss": recon + penalty, "reconstruction": recon, "penalty": penalty}

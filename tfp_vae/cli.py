@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 
-from tfp_vae import files
+from tfp_vae import distribute, files
 from tfp_vae.config import TrainConfig
 
 _TRAIN_HELP = {
@@ -48,13 +48,19 @@ _TRAIN_HELP = {
     "noise": "denoising autoencoder corruption: none, gaussian or mask",
     "noise_level": "std of the gaussian noise, or the masking probability",
     "epochs": "training epochs",
-    "batch_size": "examples per batch",
+    "batch_size": "examples per batch; with --strategy, the global batch, split across the replicas "
+                  "(a multiple of their number)",
     "learning_rate": "Adam learning rate",
     "seed": "seed of every random choice of the run",
     "early_stopping_patience": "stop after this many epochs without validation improvement (0: off)",
     "eval_samples": "importance samples k of the final test log-likelihood",
     "eval_examples": "test examples to evaluate (default: all)",
     "pictures": "write pictures into RUN_DIR/pictures",
+    "strategy": "tf.distribute strategy: none, mirrored (this machine's GPUs, else its CPU devices; see "
+                "--cpu-replicas) or multi_worker (one process per worker, cluster from the TF_CONFIG "
+                "environment variable; the chief writes RUN_DIR)",
+    "num_replicas": "replicas the run trains on; recorded in config.json, and when given the strategy "
+                    "must find exactly this many",
 }
 _NONE_WORDS = {"none", "null", ""}
 
@@ -89,12 +95,15 @@ def add_train_arguments(parser):
             kwargs.update(type=_optional(_bool) if field.name == "pad" else _bool)
         elif field.name in ("binarize", "sparsity", "noise", "data_dir"):
             kwargs.update(type=_optional(str))
-        elif field.name == "eval_examples":
+        elif field.name in ("eval_examples", "num_replicas"):
             kwargs.update(type=_optional(int))
         else:
             kwargs.update(type=type(default))
         kwargs["help"] += f" (default: {'none' if default is None else default})"
         parser.add_argument(flag, **kwargs)
+    parser.add_argument("--cpu-replicas", type=_positive_int, default=None, metavar="N",
+                        help="with --strategy mirrored: split the CPU into N logical devices, one "
+                             "replica each (to try or test distribution on a CPU machine)")
 
 
 def _train_config(args):
@@ -124,7 +133,9 @@ def check_train(args):
         raise FileNotFoundError(f"--dataset {config.dataset!r}: no such file; expected a .npy/.npz file.")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise FileNotFoundError(f"--data-dir {config.data_dir!r}: no such directory.")
-    files.require_new_directory(args.out)
+    distribute.check_arguments(config.strategy, args.cpu_replicas)  # and TF_CONFIG
+    if distribute.writes_run(config.strategy):  # other workers of a cluster write nowhere
+        files.require_new_directory(args.out)
     return config
 
 
@@ -132,8 +143,11 @@ def run_train(args):
     config = check_train(args)  # fails on bad input before anything is loaded or written
     from tfp_vae import train
 
-    metrics = train.run(config, args.out, verbose=0 if args.quiet else "auto")
-    print(json.dumps({"run_dir": os.path.abspath(args.out), **metrics}, indent=2))
+    metrics = train.run(config, args.out, verbose=0 if args.quiet else "auto",
+                        cpu_replicas=args.cpu_replicas)
+    # Under multi_worker only the chief writes the run directory.
+    run_dir = os.path.abspath(args.out) if distribute.writes_run(config.strategy) else None
+    print(json.dumps({"run_dir": run_dir, **metrics}, indent=2))
     return 0
 
 

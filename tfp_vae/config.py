@@ -58,6 +58,9 @@ class TrainConfig:
     # steps and result, less Python between steps. The progress bar and batch-level
     # callbacks see every this many steps.
     steps_per_execution: int = 1
+    # distribution (tfp_vae.distribute); batch_size is the global batch
+    strategy: str = "none"  # none | mirrored | multi_worker
+    num_replicas: Optional[int] = None  # written by train; if given, the strategy must have this many
     # evaluation
     eval_samples: int = 1000
     eval_examples: Optional[int] = None  # None: the whole test split
@@ -104,6 +107,7 @@ class TrainConfig:
         one_of("gaussian_scale", names.GAUSSIAN_SCALES)
         one_of("objective", names.OBJECTIVES)
         one_of("ae_loss", names.AE_LOSSES)
+        one_of("strategy", names.STRATEGIES)
         one_of("sparsity", names.SPARSITY)
         one_of("noise", names.NOISE)
         for name in ("latent_dim", "num_components", "num_train_samples", "epochs",
@@ -119,12 +123,25 @@ class TrainConfig:
                 f"kl_warmup_epochs={self.kl_warmup_epochs}: the KL ramp moves every step; "
                 "expected steps_per_execution 1."
             )
+        positive_int("num_replicas", allow_none=True)
+        if self.num_replicas is not None and self.batch_size % self.num_replicas:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not valid with num_replicas={self.num_replicas}; "
+                "expected a multiple of it (the global batch is split evenly across replicas)."
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(
                 f"seed={self.seed!r} is not valid; expected an integer in [0, 2**32 - 1]."
             )
         if not isinstance(self.jit_compile, bool):
             raise ValueError(f"jit_compile={self.jit_compile!r} is not valid; expected true or false.")
+        if self.jit_compile and self.strategy != "none":
+            # With two CPU replicas the compiled step reads a replica's variables from the
+            # other device and fails; GPUs were not available to check, so refused for all.
+            raise ValueError(
+                f"jit_compile=True is not valid with strategy={self.strategy!r}; expected "
+                "jit_compile false, or strategy 'none'."
+            )
         if not self.hidden or any(not isinstance(h, int) or h <= 0 for h in self.hidden):
             raise ValueError(f"hidden={self.hidden!r} is not valid; expected positive integers.")
         positive_float("validation_fraction", allow_zero=True, upper=1)

@@ -17,6 +17,7 @@ AE_LOSSES = ("bce", "mse")
 SPARSITY = (None, "l1", "kl")
 NOISE = (None, "gaussian", "mask")
 GAUSSIAN_SCALES = ("fixed", "global", "pixel")
+STRATEGIES = ("none", "mirrored", "multi_worker")  # tfp_vae.distribute
 
 # The built-in entries of each registry, sorted as the registry's names() lists them.
 BUILTIN = {

@@ -5,16 +5,22 @@ A run directory holds ``model.keras``, ``config.json``, ``history.csv``,
 It is assembled in a hidden ``.NAME.incomplete-PID`` directory beside the target and
 renamed into place only when everything is written, so a run that fails or is
 interrupted never leaves a directory that looks complete.
+
+Under a ``tf.distribute`` strategy (``config.strategy``, ``tfp_vae.distribute``) the
+model is built and compiled in the strategy's scope, and only the chief writes the run
+directory; other workers run the same steps into a temporary directory they remove.
 """
 
+import contextlib
 import csv
+import dataclasses
 import json
 import os
 import time
 
 import numpy as np
 
-from tfp_vae import autoencoders, data, files, likelihoods, networks, priors
+from tfp_vae import autoencoders, data, distribute, files, likelihoods, networks, priors
 from tfp_vae._backend import keras, tf
 from tfp_vae.config import TrainConfig
 from tfp_vae.vae import VAE
@@ -67,7 +73,32 @@ def _check_data(x, config, name):
         raise ValueError(f"The {name} split of {config.dataset!r} holds NaN or infinite values.")
 
 
-def evaluate_model(model, x, num_samples, seed=0, batch_size=100):
+EVALUATE_BATCH = 100  # examples per batch of the final test evaluation
+
+
+def _check_first_batches(config, n_train, n_val, n_test):
+    """ValueError unless the first batch of each fit/evaluate splits evenly over replicas.
+
+    Under a strategy, Keras' fit and evaluate take the mean over replicas of their first
+    batch (to build the model symbolically), which fails when the replicas' parts differ
+    in size. Later batches may split unevenly; the first one is the only one checked.
+    """
+    replicas = config.num_replicas or 1
+    batches = [("training", n_train, config.batch_size), ("validation", n_val, config.batch_size)]
+    if config.model == "ae":  # the test metrics come from model.evaluate
+        n_eval = min(n_test, config.eval_examples or n_test)
+        batches.append(("test", n_eval, EVALUATE_BATCH))
+    for name, n, batch_size in batches:
+        first = min(n, batch_size)
+        if replicas > 1 and first % replicas:
+            raise ValueError(
+                f"The first {name} batch holds {first} examples, which {replicas} replicas cannot "
+                f"share evenly; choose a --batch-size, --validation-fraction or --eval-examples "
+                f"that makes it a multiple of {replicas}."
+            )
+
+
+def evaluate_model(model, x, num_samples, seed=0, batch_size=EVALUATE_BATCH):
     """Test metrics: importance-sampled log-likelihood and ELBO (VAE), or losses (AE)."""
     if isinstance(model, autoencoders.Autoencoder):
         logs = model.evaluate(x, batch_size=batch_size, verbose=0, return_dict=True)
@@ -86,6 +117,29 @@ def evaluate_model(model, x, num_samples, seed=0, batch_size=100):
 def staged_directory(out_dir):
     """A hidden staging directory that becomes ``out_dir`` only on success (``files``)."""
     return files.atomic_directory(files.require_new_directory(out_dir))
+
+
+@contextlib.contextmanager
+def _run_directory(out_dir, chief):
+    """The staging directory of ``out_dir`` for the chief; a scratch one for other workers."""
+    if chief:
+        with staged_directory(out_dir) as staging:
+            yield staging
+    else:
+        with distribute.scratch_directory() as scratch, staged_directory(scratch) as staging:
+            yield staging
+
+
+def _start_strategy(config, cpu_replicas):
+    """(strategy, config with num_replicas recorded); ValueError if the replicas do not fit."""
+    strategy = distribute.make_strategy(config.strategy, cpu_replicas)
+    replicas = int(strategy.num_replicas_in_sync)
+    if config.num_replicas is not None and config.num_replicas != replicas:
+        raise ValueError(
+            f"num_replicas={config.num_replicas} is not valid: strategy={config.strategy!r} "
+            f"found {replicas} replica(s) here."
+        )
+    return strategy, dataclasses.replace(config, num_replicas=replicas).validate()
 
 
 def write_json(path, obj):
@@ -116,18 +170,30 @@ class _Throughput(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def run(config, out_dir, verbose="auto"):
-    """Trains as ``config`` says and writes the run directory ``out_dir``; returns metrics."""
+def run(config, out_dir, verbose="auto", cpu_replicas=None):
+    """Trains as ``config`` says and writes the run directory ``out_dir``; returns metrics.
+
+    ``cpu_replicas``: with ``strategy="mirrored"``, split the CPU into that many devices
+    first (``distribute.make_strategy``; only before TensorFlow has run anything).
+    """
     config.validate()
+    chief = distribute.writes_run(config.strategy)
+    if chief:
+        files.require_new_directory(out_dir)
+    # First: MultiWorkerMirroredStrategy and split CPUs must precede any TensorFlow op.
+    strategy, config = _start_strategy(config, cpu_replicas)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_splits(config)
     for x, name in ((x_train, "train"), (x_test, "test")):
         _check_data(x, config, name)
+    _check_first_batches(config, len(x_train), len(x_val), len(x_test))
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, x_train.shape[1:])
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.jit_compile,
-                  steps_per_execution=config.steps_per_execution)
+    with strategy.scope():  # the model's, optimizer's and metrics' variables
+        model = build_model(config, x_train.shape[1:])
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      jit_compile=config.jit_compile,
+                      steps_per_execution=config.steps_per_execution)
 
-    with staged_directory(out_dir) as staging:
+    with _run_directory(out_dir, chief) as staging:
         timer = _Throughput()
         callbacks = [
             keras.callbacks.TerminateOnNaN(),

@@ -6,6 +6,8 @@ MLP (mnist5k 28x28, MLP 512-256, latent 16, batch 100, dynamic binarization, Ada
 Conv (mnist5k padded to 32x32, the source's conv network, latent 2, batch 100):
   tfp_vae diag, each setting
   plain keras  the Keras VAE example's structure (bench/bench_training.py), default compile
+``--peer-settings`` also times the peers compiled with the given settings (the same
+steps_per_execution / XLA the project gets); ratios stay against the default-compiled peer.
 
 All models of a group see the same batches (the same tf.data pipeline and seed). After a
 warm-up epoch each, the models take turns (``--epochs-per-round`` epochs for the MLP, one
@@ -33,7 +35,8 @@ from tfp_vae import data as data_lib
 SETTINGS = {  # name: (jit_compile, steps_per_execution)
     "eager-graph": (False, 1),  # Keras' default on CPU (jit_compile="auto" resolves to off)
     "xla": (True, 1),
-    "xla+spe": (True, None),  # None: every step of the epoch in one execution
+    "spe": (False, None),  # None: every step of the epoch in one execution
+    "xla+spe": (True, None),
 }
 
 
@@ -47,25 +50,34 @@ def tfp_vae_model(network, data_shape, latent_dim, hidden, setting, steps_per_ep
     return model
 
 
-def peer_model(data_shape, latent_dim, hidden, x_probe, seed):
+def peer_model(data_shape, latent_dim, hidden, x_probe, seed, setting="eager-graph", steps_per_epoch=1):
     import tf_keras
     import tfp_layers_peer as peer
 
     tf_keras.utils.set_random_seed(seed)
     vae, *_ = peer.build_counting_kl_once("IndependentNormal", data_shape, x_probe,
                                           latent_dim=latent_dim, hidden=hidden)
-    vae.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss=peer.negative_log_likelihood)
+    jit, spe = SETTINGS[setting]
+    vae.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss=peer.negative_log_likelihood,
+                jit_compile=jit, steps_per_execution=spe or steps_per_epoch)
     return vae
 
 
-def plain_model(data_shape, latent_dim, seed):
+def plain_model(data_shape, latent_dim, seed, setting="eager-graph", steps_per_epoch=1):
     from bench_training import PlainVAE
 
     keras.utils.set_random_seed(seed)
     model = PlainVAE(latent_dim, data_shape, seed=seed)
     model.build((None, *data_shape))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    jit, spe = SETTINGS[setting]
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit,
+                  steps_per_execution=spe or steps_per_epoch)
     return model
+
+
+def _peer_name(base, setting):
+    """The peer with Keras' default compile keeps its plain name (the ratios' reference)."""
+    return base if setting == "eager-graph" else f"{base} {setting}"
 
 
 def conv_flops_per_example(model):
@@ -137,6 +149,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--settings", nargs="+", default=["eager-graph", "xla"], choices=list(SETTINGS),
                    help="tfp_vae compile settings to time (default: eager-graph xla)")
+    p.add_argument("--peer-settings", nargs="+", default=["eager-graph"], choices=list(SETTINGS),
+                   help="compile settings of the peers too (default: eager-graph, Keras' default, "
+                        "the reference of the ratios; others are timed beside it)")
     p.add_argument("--epochs-per-round", type=int, default=3,
                    help="epochs each model trains per turn (one fit call; default 3)")
     p.add_argument("--conv-examples", type=int, default=2000)
@@ -155,8 +170,10 @@ def main(argv=None):
         models = {f"tfp_vae {s}": (tfp_vae_model("mlp", x.shape[1:], 16, (512, 256), s, steps, args.seed), ds)
                   for s in args.settings}
         probe = (x[:batch] > 0.5).astype(np.float32)
-        models["tfp.layers"] = (peer_model(x.shape[1:], 16, (512, 256), probe, args.seed),
-                                ds.map(lambda b: (b, b)))
+        for s in dict.fromkeys(["eager-graph", *args.peer_settings]):
+            models[_peer_name("tfp.layers", s)] = (
+                peer_model(x.shape[1:], 16, (512, 256), probe, args.seed, s, steps),
+                ds.map(lambda b: (b, b)))
         result["mlp"], _ = run_group(
             f"MLP 512-256, latent 16, {len(x)} examples per epoch, batch {batch}",
             models, ds, len(x), args.rounds, "tfp.layers", epochs=args.epochs_per_round)
@@ -167,7 +184,8 @@ def main(argv=None):
         ds = data_lib.binarized_batches(x, batch, seed=args.seed)
         models = {f"tfp_vae {s}": (tfp_vae_model("conv", x.shape[1:], 2, None, s, steps, args.seed), ds)
                   for s in args.settings}
-        models["plain keras"] = (plain_model(x.shape[1:], 2, args.seed), ds)
+        for s in dict.fromkeys(["eager-graph", *args.peer_settings]):
+            models[_peer_name("plain keras", s)] = (plain_model(x.shape[1:], 2, args.seed, s, steps), ds)
         summary, mm = run_group(
             f"conv (source network), latent 2, {len(x)} examples per epoch, batch {batch}",
             models, ds, len(x), args.rounds, "plain keras", matmul=True, epochs=1)

@@ -5,7 +5,9 @@
   same over REST, importable without TensorFlow.
 * `serving.server`: the local server speaking TF Serving's protocol
   (`python -m serving.server --help`).
-* `serving.generate`: the resumable batch generation job.
+* `serving.generate`: the resumable batch generation job;
+  `serving.score`: per-example log-likelihood and ELBO of a dataset; both
+  also as Apache Beam pipelines (`serving.beam_pipeline`, ``--runner beam``).
 
 Submodules load lazily: ``import serving`` does not import TensorFlow.
 """
@@ -23,6 +25,8 @@ _EXPORTS = {
     "run_serve": "serving.server",
     "add_generate_arguments": "serving.generate",
     "run_generate": "serving.generate",
+    "add_score_arguments": "serving.score",
+    "run_score": "serving.score",
 }
 
 __all__ = sorted(_EXPORTS)

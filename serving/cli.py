@@ -4,6 +4,7 @@
     tfp-vae export | validate           export.cli
     tfp-vae serve                       serving.server
     tfp-vae generate                    serving.generate
+    tfp-vae score                       serving.score
     tfp-vae demo                        serving.demo (the main job end to end)
 
 The dispatcher lives here because ``serving`` is the top of the package stack
@@ -23,6 +24,8 @@ import sys
 
 # The package whose __init__ imports TensorFlow; see _DeferredInit.
 LIBRARY = "tfp_vae"
+# The commands that take Apache Beam pipeline options after a bare '--'.
+PIPELINE_COMMANDS = ("generate", "score")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,8 @@ COMMANDS = {
         "Check an exported SavedModel version directory.",
         "export.cli", "add_validate_arguments", "run_validate", "check_validate", library=True,
     ),
-    # These three check their own arguments first thing and import TensorFlow only later.
+    # These check their own arguments first thing and import TensorFlow only later
+    # (generate and score import Apache Beam only for --runner beam).
     "serve": Command(
         "start the local TF-Serving-compatible server",
         "Start the local TF-Serving-compatible server.",
@@ -72,6 +76,15 @@ COMMANDS = {
         "batch generation job, through a server or in process",
         "Batch generation job, through a server or in process.",
         "serving.generate", "add_generate_arguments", "run_generate",
+    ),
+    "score": Command(
+        "per-example log-likelihood and ELBO of a dataset, in process, through a "
+        "server, or on Apache Beam",
+        "Score a dataset (.npy/.npz) with a model's log_likelihood signature: "
+        "per-example log_likelihood and elbo in shards, and summary.json (mean, "
+        "standard error, count). Options after a bare '--' go to Apache Beam "
+        "(--runner beam).",
+        "serving.score", "add_score_arguments", "run_score",
     ),
     "demo": Command(
         "the main job end to end: train, export, serve, generate, report",
@@ -155,11 +168,30 @@ def build_parser():
     return parser
 
 
+def split_pipeline_args(argv):
+    """(the command's arguments, the Beam pipeline options after the first bare '--')."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1:]
+    return argv, []
+
+
 def main(argv=None):
-    """Parses and checks the arguments before TensorFlow is imported, then runs."""
+    """Parses and checks the arguments before TensorFlow is imported, then runs.
+
+    Arguments after the first bare '--' are Apache Beam pipeline options
+    (``args.pipeline_args``, [] if none), for generate and score.
+    """
+    argv, pipeline_args = split_pipeline_args(argv)
     deferred = _DeferredInit(LIBRARY)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if pipeline_args and args.command not in PIPELINE_COMMANDS:
+            parser.error(f"tfp-vae {args.command} takes no options after '--' "
+                         f"(Beam pipeline options go with generate and score)")
+        args.pipeline_args = pipeline_args
         command = COMMANDS[args.command]
         try:
             if command.check:

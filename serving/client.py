@@ -107,7 +107,7 @@ def make_predict_request(model_name: str, signature_name: str,
     request.model_spec.signature_name = signature_name
     _set_version(request.model_spec, version, version_label)
     for alias, value in inputs.items():
-        request.inputs[alias].CopyFrom(tensors.to_tensor_proto(value))
+        tensors.fill_tensor_proto(request.inputs[alias], value)
     if output_filter:
         request.output_filter.extend(output_filter)
     return request

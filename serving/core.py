@@ -115,8 +115,8 @@ class ServingCore:
         make_model_spec(response.model_spec, request.model_spec.name,
                         servable.version, signature_name)
         for alias, value in outputs.items():
-            response.outputs[alias].CopyFrom(
-                tensors.encode_output(value, self.tensor_content))
+            tensors.encode_output_into(response.outputs[alias], value,
+                                       self.tensor_content)
         return response
 
     def run_signature(self, servable: Servable, signature_name: str,

@@ -26,6 +26,10 @@ one.
 With --num-shards n --shard-index i, worker i takes the output shards
 j with j % n == i; workers may share --out, each with its own manifest.
 
+With --runner beam the same files come from an Apache Beam pipeline
+(`serving.beam_pipeline`; Flink, Spark, Dataflow or the local FnApiRunner),
+its options after a bare ``--``; docs/beam.md.
+
 Transient server errors (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED)
 are retried with backoff, --max-retries times per request (`serving.retry`,
 the only retry loop on the way: the job's gRPC client does not retry); any
@@ -92,7 +96,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="Job seed S; sample i comes from seed row (S, i).")
     parser.add_argument("--concurrency", type=int, default=4,
-                        help="Requests in flight at once (default 4).")
+                        help="Requests in flight at once, --runner local "
+                             "(default 4).")
     parser.add_argument("--out", required=True, help="Output directory.")
     parser.add_argument("--format", choices=FORMATS, default="npz",
                         help="npz (the outputs and 'index' per shard), png "
@@ -115,6 +120,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                                         "transient error (default 8).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (the summary is still printed).")
+    parser.add_argument("--runner", choices=("local", "beam"), default="local",
+                        help="local: threads in this process (default); beam: "
+                             "an Apache Beam pipeline with the same files "
+                             "(pip install tfp-vae[beam]); its options follow "
+                             "a bare '--' (default: the local FnApiRunner, one "
+                             "worker per core), e.g. -- --runner=FlinkRunner "
+                             "--flink_master=HOST:8081.")
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -159,6 +171,10 @@ def validate_args(args: argparse.Namespace) -> None:
         usage(f"--max-retries must be >= 0; got {args.max_retries}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         usage(f"--out {args.out!r} exists and is not a directory")
+    pipeline_args = getattr(args, "pipeline_args", None) or []
+    if getattr(args, "runner", "local") == "local" and pipeline_args:
+        usage(f"options after '--' ({' '.join(pipeline_args)}) are Beam "
+              f"pipeline options; they need --runner beam")
 
 
 # ---------------------------------------------------------------------------
@@ -463,9 +479,18 @@ class Job:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Runs the job described by `args`; returns the exit status."""
+    """Runs the job described by `args`; returns the exit status.
+
+    ``args.pipeline_args`` (optional): Beam pipeline options, for --runner beam.
+    """
+    if not hasattr(args, "pipeline_args"):
+        args.pipeline_args = []
     try:
         validate_args(args)
+        if getattr(args, "runner", "local") == "beam":
+            from serving import beam_pipeline  # Beam loads only here
+
+            return beam_pipeline.run_generate_beam(args)
         return Job(args).run()
     except JobError as e:
         print(f"generate: error: {e}", file=sys.stderr)
@@ -482,7 +507,13 @@ def main(argv=None) -> int:
         description="Generate samples from a model's 'generate' signature, "
                     "resumably, through a model server or in process.")
     add_generate_arguments(parser)
-    return run_generate(parser.parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pipeline_args = []
+    if "--" in argv:                      # Beam pipeline options follow
+        argv, pipeline_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    args = parser.parse_args(argv)
+    args.pipeline_args = pipeline_args
+    return run_generate(args)
 
 
 if __name__ == "__main__":

@@ -49,10 +49,19 @@ class Metrics:
     def __init__(self):
         self._lock = threading.Lock()
         self._values = defaultdict(float)
+        self._keys = {}      # (name, labels as given) -> series key
 
-    @staticmethod
-    def _key(name: str, labels: dict) -> tuple:
-        return name, tuple(sorted((k, str(v)) for k, v in labels.items()))
+    def _key(self, name: str, labels: dict) -> tuple:
+        raw = (name, *labels.items())
+        key = self._keys.get(raw)
+        if key is None:
+            key = name, tuple(sorted((k, str(v)) for k, v in labels.items()))
+            # Bounded (labels come from requests); str values only, as 1 and
+            # True would share an entry but not a text.
+            if len(self._keys) < 10000 and all(
+                    type(v) is str for v in labels.values()):
+                self._keys[raw] = key
+        return key
 
     def add(self, name: str, amount: float = 1.0, **labels) -> None:
         key = self._key(name, labels)

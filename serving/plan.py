@@ -1,6 +1,7 @@
 """Which samples the batch job writes where, and which requests compute them.
 
-Pure functions of the job's flags: no I/O, no TensorFlow.
+Pure functions of the job's flags: no I/O, no TensorFlow (numpy only to
+put answers together, `assemble_shard`).
 
 * Sample i comes from the seed row (seed, i), int32 [2]
   (`tfp_vae.row_sampling.seed_rows`, imported where the job runs: it loads TensorFlow).
@@ -63,3 +64,23 @@ def grid_requests(shard: Shard, batch_size: int, num_samples: int) -> list:
     first = shard.start - shard.start % batch_size
     return [(start, min(start + batch_size, num_samples))
             for start in range(first, shard.stop, batch_size)]
+
+
+def assemble_shard(shard_start: int, shard_stop: int, answers) -> dict:
+    """A shard's {output: array} from its grid requests' answers.
+
+    ``answers``: (start, stop, {output: array of stop - start rows}) for each
+    grid request covering [shard_start, shard_stop), checked by the caller;
+    each is cut to the shard.
+    """
+    import numpy as np
+
+    arrays = None
+    for start, stop, outputs in answers:
+        lo, hi = max(start, shard_start), min(stop, shard_stop)
+        if arrays is None:
+            arrays = {k: np.empty((shard_stop - shard_start, *np.shape(v)[1:]),
+                                  np.asarray(v).dtype) for k, v in outputs.items()}
+        for k in arrays:
+            arrays[k][lo - shard_start:hi - shard_start] = outputs[k][lo - start:hi - start]
+    return arrays

@@ -86,6 +86,7 @@ class Servable:
         except Exception as e:  # noqa: BLE001 - reported as a load failure
             raise errors.from_exception(e) from e
         self._functions = dict(self._loaded.signatures)
+        self._specs = {}
         self.warmup_records = 0
         self.batching_released = False     # set once the version is unloaded
 
@@ -115,9 +116,8 @@ class Servable:
         declaring more than `max_elements` elements in all are refused
         (RESOURCE_EXHAUSTED) before they are built.
         """
-        sig_inputs = signature_def.inputs
+        sig_keys, specs = self._input_specs(signature_def)
         req_keys = sorted(request_inputs.keys())
-        sig_keys = sorted(sig_inputs.keys())
         if len(req_keys) != len(sig_keys):
             extra = sorted(set(req_keys) - set(sig_keys))
             missing = sorted(set(sig_keys) - set(req_keys))
@@ -128,11 +128,10 @@ class Servable:
                 f"{{{','.join(extra)}}}. Missing but required: "
                 f"{{{','.join(missing)}}}.")
         arrays = {}
-        for index, alias in enumerate(sig_keys):
-            info = sig_inputs[alias]
+        for index, (alias, feed_name, dtype_enum, expected) in enumerate(specs):
             if alias not in request_inputs:
                 raise errors.invalid_argument(
-                    f"Signature input alias: {alias}(feed name: {info.name}) "
+                    f"Signature input alias: {alias}(feed name: {feed_name}) "
                     f"not found in request and no default value provided. "
                     f"Inputs expected to be in the request "
                     f"{{{','.join(req_keys)}}}, or default input alias set: ")
@@ -150,12 +149,11 @@ class Servable:
                     raise errors.invalid_argument(
                         f"tensor parsing error: {alias} ({e})") from e
             got = tensors.dtype_enum_of(array)
-            if got != info.dtype:
+            if got != dtype_enum:
                 raise errors.invalid_argument(
-                    f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)}"
+                    f"Expects arg[{index}] to be {tensors.dtype_name(dtype_enum)}"
                     f" but {tensors.dtype_name(got)} is provided (input "
                     f"'{alias}')")
-            expected = tensors.shape_of(info.tensor_shape)
             if expected is not None and not _shape_compatible(array.shape,
                                                               expected):
                 raise errors.invalid_argument(
@@ -166,6 +164,22 @@ class Servable:
             if max_elements is not None:
                 max_elements -= array.size
         return arrays
+
+    def _input_specs(self, signature_def) -> tuple:
+        """(sorted input aliases, [(alias, feed name, dtype enum, shape)]) of
+        a SignatureDef, worked out once per SignatureDef object."""
+        cached = self._specs.get(id(signature_def))
+        # The entry holds the SignatureDef itself, so its id is not reused.
+        if cached is None or cached[0] is not signature_def:
+            sig_inputs = signature_def.inputs
+            keys = sorted(sig_inputs.keys())
+            specs = [(alias, sig_inputs[alias].name, sig_inputs[alias].dtype,
+                      tensors.shape_of(sig_inputs[alias].tensor_shape))
+                     for alias in keys]
+            cached = (signature_def, keys, specs)
+            if len(self._specs) < 1000:
+                self._specs[id(signature_def)] = cached
+        return cached[1], cached[2]
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict:
         """Runs a signature on decoded inputs; returns every output."""

@@ -71,6 +71,9 @@ def test_refuses_to_overwrite_a_run(run_dir):
     (["--network", "conv", "--pad", "false"], "divisible by 8, got (28, 28, 1)"),
     (["--learning-rate", "nan"], "learning_rate=nan is not valid"),
     (["--seed", "-1"], "--seed -1: seed=-1 is not valid; expected an integer in [0, 2**32 - 1]"),
+    (["--steps-per-execution", "0"], "steps_per_execution=0 is not valid; expected a positive integer"),
+    (["--steps-per-execution", "8", "--kl-warmup-epochs", "2"],
+     "steps_per_execution=8 is not valid with kl_warmup_epochs=2"),
 ])
 def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, flags, message):
     out = tmp_path / "run"
@@ -165,6 +168,7 @@ sys.exit(code)
     (["generate", "--target", "localhost:1", "--num-samples", "8", "--out", "{tmp}/g"],
      "--model_name is required"),
     (["train", "--posteriorr", "diag"], "unrecognized arguments: --posteriorr"),
+    (["train", "--steps-per-execution", "0"], "steps_per_execution=0 is not valid"),
 ])
 def test_arguments_are_checked_before_tensorflow_loads(tmp_path, words, message):
     (tmp_path / "bad.json").write_text(json.dumps({"latent": 3}))

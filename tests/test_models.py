@@ -396,3 +396,45 @@ def test_a_family_can_name_its_kl_estimator(monkeypatch):
     assert make_vae(posterior=family.name).kl_method == "path"
     assert make_vae(posterior=family.name, kl="analytic").kl_method == "analytic"
     assert make_vae(posterior="diag").kl_method == "analytic"
+
+
+def test_steps_per_execution_trains_the_same_model(digits):
+    """steps_per_execution (tfp-vae train --steps-per-execution N) runs the same steps with
+    the same seeds, only fewer calls into TensorFlow: the same weights to float rounding."""
+    x, _, _ = digits
+    x = x[:480]  # 10 steps of 48 an epoch: executions of 4, 4 and 2 steps
+    weights, histories = [], []
+    for spe in (1, 4):
+        keras.utils.set_random_seed(0)
+        model = make_vae(latent=2, hidden=(32,), posterior="diag")
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), steps_per_execution=spe)
+        histories.append(model.fit(x, epochs=2, batch_size=48, verbose=0, shuffle=False).history["loss"])
+        weights.append([w.numpy() for w in model.weights])
+    assert int(model.optimizer.iterations.numpy()) == 2 * 10
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-5)
+    for a, b in zip(weights[0], weights[1]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_train_config_checks_steps_per_execution():
+    from tfp_vae.config import TrainConfig
+
+    assert TrainConfig().steps_per_execution == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=f"steps_per_execution={bad!r} is not valid; expected a positive integer"):
+            TrainConfig(steps_per_execution=bad).validate()
+
+
+def test_kl_warmup_refuses_steps_per_execution(digits):
+    """The KL ramp is set before every step; with several steps per execution it would
+    move only between executions, so the combination is refused, not run differently."""
+    from tfp_vae.config import TrainConfig
+
+    x, _, _ = digits
+    model = make_vae(latent=2, hidden=(8,), kl_warmup_epochs=2)
+    model.compile(optimizer="adam", steps_per_execution=4)
+    with pytest.raises(ValueError, match="kl_warmup_epochs=2 .* needs steps_per_execution=1; .*=4"):
+        model.fit(x[:64], epochs=1, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match="steps_per_execution=4 is not valid with kl_warmup_epochs=3"):
+        TrainConfig(kl_warmup_epochs=3, steps_per_execution=4).validate()
+    TrainConfig(kl_warmup_epochs=3, steps_per_execution=1).validate()

@@ -181,6 +181,91 @@ def test_tensor_from_proto_fields_padding_and_truncation():
                                 int_val=[300])), np.array([300]).astype(np.int8))
 
 
+def _field_values(proto, dtype, field, n):
+    """The reference decode: the protobuf API's element-by-element list,
+    padded / cut to n as FromProtoField does."""
+    values = np.array(list(getattr(proto, field)), dtype=dtype)
+    if len(values) >= n:
+        return values[:n]
+    return np.concatenate([values, np.repeat(values[-1:], n - len(values))])
+
+
+@pytest.mark.parametrize("dtype,field,number,wire", [
+    (np.float32, "float_val", 5, "<f4"), (np.float64, "double_val", 6, "<f8")])
+def test_large_typed_float_fields_decode_as_the_protobuf_api(
+        monkeypatch, dtype, field, number, wire):
+    """Large float_val / double_val lists are read from the packed wire
+    bytes; every way a writer may put them on the wire (one packed run,
+    several runs, element by element, mixed) decodes to the values the
+    protobuf API lists, padded or cut to the shape."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=300).astype(dtype)
+    values[:3] = [np.inf, -0.0, np.nan]
+    enum = types_pb2.DT_FLOAT if dtype == np.float32 else types_pb2.DT_DOUBLE
+    header = tensor_pb2.TensorProto(dtype=enum)
+    head_bytes = header.SerializeToString()
+    packed_tag = bytes([number << 3 | 2])
+    fixed_tag = bytes([number << 3 | (5 if dtype == np.float32 else 1)])
+
+    def packed(chunk):
+        data = chunk.astype(wire).tobytes()
+        return packed_tag + tensors._varint(len(data)) + data
+
+    def unpacked(chunk):
+        return b"".join(fixed_tag + v.tobytes() for v in chunk.astype(wire))
+
+    encodings = {
+        "one packed run": packed(values),
+        "three packed runs": packed(values[:100]) + packed(values[100:101])
+        + packed(values[101:]),
+        "element by element": unpacked(values),
+        "mixed": packed(values[:150]) + unpacked(values[150:200])
+        + packed(values[200:]),
+    }
+    for n in (300, 250, 400):             # exact, cut, padded with the last
+        for name, body in encodings.items():
+            proto = tensor_pb2.TensorProto()
+            proto.ParseFromString(head_bytes + body)
+            proto.tensor_shape.dim.add(size=n // 10)
+            proto.tensor_shape.dim.add(size=10)
+            got = tensors.to_numpy(proto)
+            assert got.dtype == dtype and got.shape == (n // 10, 10), name
+            np.testing.assert_array_equal(
+                got.ravel(), _field_values(proto, dtype, field, n),
+                err_msg=f"{name}, {n} elements")
+            assert got.flags.writeable, name
+    read = []
+    real = tensors._packed_values
+    monkeypatch.setattr(tensors, "_packed_values",
+                        lambda *a: read.append(real(*a)) or read[-1])
+    big = rng.normal(size=(256, 32, 32, 1)).astype(dtype)
+    np.testing.assert_array_equal(tensors.to_numpy(tensors.encode_output(big)),
+                                  big)
+    assert len(read) == 1 and read[0] is not None and read[0].size == big.size
+
+
+def test_encode_output_into_a_used_field_replaces_it():
+    """Writing an output (or a request input) in place leaves nothing of
+    what the field held before and equals the freshly built proto."""
+    response = predict_pb2.PredictResponse()
+    stale = response.outputs["mean"]
+    stale.dtype = types_pb2.DT_INT32
+    stale.int_val.extend([1, 2, 3])
+    stale.tensor_content = b"junk"
+    stale.tensor_shape.dim.add(size=7)
+    for array in (np.arange(6, dtype=np.float32).reshape(2, 3),
+                  np.float32(2.0), np.zeros((0, 2), np.float32),
+                  np.array([b"a"], dtype=object), np.array([1, 2], np.int64)):
+        for content in (False, True):
+            tensors.encode_output_into(response.outputs["mean"], array, content)
+            assert (response.outputs["mean"]
+                    == tensors.encode_output(array, content)), (array, content)
+            assert (response.outputs["mean"].SerializeToString()
+                    == tensors.encode_output(array, content).SerializeToString())
+            tensors.fill_tensor_proto(stale, array)
+            assert stale == tensors.to_tensor_proto(array)
+
+
 @pytest.mark.parametrize("mutate,code,fragment", [
     (lambda r: r.inputs["z"].tensor_shape.dim.add(size=-3),
      grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: z"),

@@ -27,6 +27,9 @@ _TRAIN_HELP = {
     "latent_dim": "size of the latent code z",
     "jit_compile": "compile the training step with XLA (default false: it measured no faster on CPU; same result "
                    "up to float rounding; export is unaffected)",
+    "steps_per_execution": "training steps run per call into TensorFlow (Keras' steps_per_execution): the same "
+                           "steps and result with less Python between them; the progress bar moves this many "
+                           "steps at a time",
     "posterior": "diag (MultivariateNormalDiag), tril (MultivariateNormalTriL, damped off-diagonal, "
                  "path-derivative KL), "
                  "tril_source (the source's Algorithm 2) or iaf (inverse autoregressive flow)",

@@ -55,6 +55,10 @@ class TrainConfig:
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
     jit_compile: bool = False  # XLA for the training step; not faster here (bench/bench_speed.py)
+    # Training steps run per call into TensorFlow (Keras' steps_per_execution); the same
+    # steps and result, less Python between steps. The progress bar and batch-level
+    # callbacks see every this many steps.
+    steps_per_execution: int = 1
     # distribution (tfp_vae.distribute); batch_size is the global batch
     strategy: str = "none"  # none | mirrored | multi_worker
     num_replicas: Optional[int] = None  # written by train; if given, the strategy must have this many
@@ -114,6 +118,13 @@ class TrainConfig:
         positive_int("kl_warmup_epochs", allow_zero=True)
         positive_int("early_stopping_patience", allow_zero=True)
         positive_int("eval_examples", allow_none=True)
+        positive_int("steps_per_execution")
+        if self.kl_warmup_epochs and self.steps_per_execution > 1:
+            raise ValueError(
+                f"steps_per_execution={self.steps_per_execution} is not valid with "
+                f"kl_warmup_epochs={self.kl_warmup_epochs}: the KL ramp moves every step; "
+                "expected steps_per_execution 1."
+            )
         positive_int("num_replicas", allow_none=True)
         if self.num_replicas is not None and self.batch_size % self.num_replicas:
             raise ValueError(

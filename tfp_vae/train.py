@@ -190,7 +190,8 @@ def run(config, out_dir, verbose="auto", cpu_replicas=None):
     with strategy.scope():  # the model's, optimizer's and metrics' variables
         model = build_model(config, x_train.shape[1:])
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      jit_compile=config.jit_compile)
+                      jit_compile=config.jit_compile,
+                      steps_per_execution=config.steps_per_execution)
 
     with _run_directory(out_dir, chief) as staging:
         timer = _Throughput()

@@ -372,6 +372,14 @@ class VAE(TermsModel):
 
     def fit(self, *args, callbacks=None, **kwargs):
         callbacks = list(callbacks or [])
+        steps_per_execution = getattr(self, "steps_per_execution", 1) or 1
+        if self.kl_warmup_epochs and steps_per_execution > 1:
+            # Batch callbacks run once per execution, so the per-step ramp would stall.
+            raise ValueError(
+                f"kl_warmup_epochs={self.kl_warmup_epochs} ramps the KL weight every training "
+                f"step and needs steps_per_execution=1; the model was compiled with "
+                f"steps_per_execution={steps_per_execution}."
+            )
         if self.kl_warmup_epochs and not any(isinstance(c, KLWarmup) for c in callbacks):
             callbacks.append(KLWarmup(self.kl_warmup_epochs))
         return super().fit(*args, callbacks=callbacks, **kwargs)

@@ -181,11 +181,10 @@ class ServerHandler(RemoteModelHandler):
         self._check_fn = check_fn
 
     def create_client(self):
-        from serving.client import Client
+        from serving.sources import connect_once
 
-        # Retries off in the client: Beam's loop (run_inference) retries.
-        return Client(self._target, self._model_name, version=self._version,
-                      timeout=self._timeout, max_attempts=1)
+        # Beam's loop (run_inference) retries, not the client.
+        return connect_once(self._target, self._model_name, self._version, self._timeout)
 
     def request(self, batch: Sequence, model, inference_args=None) -> list:
         """A transient error on any request of the shard retries the shard's

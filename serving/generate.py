@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -66,11 +65,10 @@ from serving import retry
 from serving.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                             TRANSIENT_CODES, JobError, ServingError)
 from serving.plan import Shard, grid_requests, plan_shards, shard_count
-from serving.sources import SIGNATURE, InProcessSource, ServerSource
+from serving.sources import (INT32_MAX, SIGNATURE, InProcessSource, ServerSource,
+                             add_source_arguments, check_request_args,
+                             check_runner_args, check_source_args)
 from serving.writers import FORMATS, ShardWriter, png_image_check
-
-INT32_MAX = 2**31 - 1
-INT32_MIN = -2**31
 
 
 # ---------------------------------------------------------------------------
@@ -79,16 +77,9 @@ INT32_MIN = -2**31
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the generation job's flags to `parser`."""
-    source = parser.add_argument_group("model (one of)")
-    source.add_argument("--target", help="HOST:PORT of a TF Serving gRPC API.")
-    source.add_argument("--model_name", help="Model to ask (with --target).")
-    source.add_argument("--model_version", type=int,
-                        help="Version to ask (with --target); default: the "
-                             "latest, pinned for the whole job.")
-    source.add_argument("--saved-model", dest="saved_model",
-                        help="Generate in process from this SavedModel "
-                             "directory (BASE/NAME/VERSION, or BASE/NAME for "
-                             "its highest version); no server.")
+    add_source_arguments(parser, "Generate in process from this SavedModel "
+                                 "directory (BASE/NAME/VERSION, or BASE/NAME for "
+                                 "its highest version); no server.")
     parser.add_argument("--num-samples", dest="num_samples", type=int,
                         required=True, help="N, samples to generate.")
     parser.add_argument("--batch-size", dest="batch_size", type=int,
@@ -134,22 +125,7 @@ def validate_args(args: argparse.Namespace) -> None:
     def usage(message):
         raise JobError(message, EXIT_USAGE)
 
-    if bool(args.target) == bool(args.saved_model):
-        usage("give exactly one of --target HOST:PORT (with --model_name) or "
-              "--saved-model DIR; got "
-              + ("both" if args.target else "neither"))
-    if args.target:
-        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:]+):\d{1,5}",
-                            args.target):
-            usage(f"--target must be HOST:PORT; got {args.target!r}")
-        if not args.model_name:
-            usage("--model_name is required with --target")
-        if args.model_version is not None and args.model_version < 0:
-            usage(f"--model_version must be >= 0; got {args.model_version}")
-    else:
-        if args.model_name or args.model_version is not None:
-            usage("--model_name/--model_version go with --target, not with "
-                  "--saved-model")
+    check_source_args(args, usage)
     if not 1 <= args.num_samples <= INT32_MAX + 1:
         usage(f"--num-samples must be in [1, {INT32_MAX + 1}] (sample indices "
               f"are int32); got {args.num_samples}")
@@ -161,20 +137,10 @@ def validate_args(args: argparse.Namespace) -> None:
     if not 0 <= args.shard_index < args.num_shards:
         usage(f"--shard-index must be in [0, {args.num_shards - 1}] for "
               f"--num-shards {args.num_shards}; got {args.shard_index}")
-    if not INT32_MIN <= args.seed <= INT32_MAX:
-        usage(f"--seed must fit in int32 [{INT32_MIN}, {INT32_MAX}]; got "
-              f"{args.seed}")
-    if not args.timeout > 0:
-        usage(f"--timeout must be a positive number of seconds; got "
-              f"{args.timeout}")
-    if args.max_retries < 0:
-        usage(f"--max-retries must be >= 0; got {args.max_retries}")
+    check_request_args(args, usage)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         usage(f"--out {args.out!r} exists and is not a directory")
-    pipeline_args = getattr(args, "pipeline_args", None) or []
-    if getattr(args, "runner", "local") == "local" and pipeline_args:
-        usage(f"options after '--' ({' '.join(pipeline_args)}) are Beam "
-              f"pipeline options; they need --runner beam")
+    check_runner_args(args, usage)
 
 
 # ---------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,8 @@ from export import contract
 from serving.errors import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobError,
                             ServingError)
 from serving.plan import Shard, assemble_shard, grid_requests
+from serving.sources import (INT32_MAX, add_source_arguments, check_request_args,
+                             check_runner_args, check_source_args, server_signature)
 
 SIGNATURE = contract.LOG_LIKELIHOOD
 _X, _SEED = contract.signature(SIGNATURE).input_keys
@@ -53,8 +54,6 @@ OUTPUTS = contract.signature(SIGNATURE).output_keys      # log_likelihood, elbo
 SUMMARY_NAME = "summary.json"
 SUMMARY_VERSION = 1
 RUNNERS = ("local", "beam")
-INT32_MAX = 2**31 - 1
-INT32_MIN = -2**31
 
 
 # ---------------------------------------------------------------------------
@@ -63,16 +62,9 @@ INT32_MIN = -2**31
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the scoring job's flags to `parser`."""
-    source = parser.add_argument_group("model (one of)")
-    source.add_argument("--target", help="HOST:PORT of a TF Serving gRPC API.")
-    source.add_argument("--model_name", help="Model to ask (with --target).")
-    source.add_argument("--model_version", type=int,
-                        help="Version to ask (with --target); default: the "
-                             "latest, pinned for the whole job.")
-    source.add_argument("--saved-model", dest="saved_model",
-                        help="Score with this SavedModel directory "
-                             "(BASE/NAME/VERSION, or BASE/NAME for its highest "
-                             "version); no server.")
+    add_source_arguments(parser, "Score with this SavedModel directory "
+                                 "(BASE/NAME/VERSION, or BASE/NAME for its highest "
+                                 "version); no server.")
     parser.add_argument("--data", required=True,
                         help="Examples to score: a .npy array [N, *S] or a .npz "
                              "holding one (see --key).")
@@ -114,23 +106,11 @@ def validate_args(args: argparse.Namespace) -> None:
     def usage(message):
         raise JobError(message, EXIT_USAGE)
 
-    if bool(args.target) == bool(args.saved_model):
-        usage("give exactly one of --target HOST:PORT (with --model_name) or "
-              "--saved-model DIR; got " + ("both" if args.target else "neither"))
-    if args.target:
-        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:]+):\d{1,5}", args.target):
-            usage(f"--target must be HOST:PORT; got {args.target!r}")
-        if not args.model_name:
-            usage("--model_name is required with --target")
-        if args.model_version is not None and args.model_version < 0:
-            usage(f"--model_version must be >= 0; got {args.model_version}")
-        if args.num_samples is not None:
-            usage("--num-samples can be checked only against an export's "
-                  "manifest (--saved-model); a server does not say its K. "
-                  "Leave it out with --target")
-    elif args.model_name or args.model_version is not None:
-        usage("--model_name/--model_version go with --target, not with "
-              "--saved-model")
+    check_source_args(args, usage)
+    if args.target and args.num_samples is not None:
+        usage("--num-samples can be checked only against an export's "
+              "manifest (--saved-model); a server does not say its K. "
+              "Leave it out with --target")
     for flag in ("batch_size", "shard_size", "concurrency"):
         value = getattr(args, flag)
         if value < 1:
@@ -138,23 +118,14 @@ def validate_args(args: argparse.Namespace) -> None:
                   f"got {value}")
     if args.num_samples is not None and args.num_samples < 1:
         usage(f"--num-samples must be a positive integer; got {args.num_samples}")
-    if not INT32_MIN <= args.seed <= INT32_MAX:
-        usage(f"--seed must fit in int32 [{INT32_MIN}, {INT32_MAX}]; got "
-              f"{args.seed}")
-    if not args.timeout > 0:
-        usage(f"--timeout must be a positive number of seconds; got {args.timeout}")
-    if args.max_retries < 0:
-        usage(f"--max-retries must be >= 0; got {args.max_retries}")
+    check_request_args(args, usage)
     if not args.data.endswith((".npy", ".npz")):
         usage(f"--data must be a .npy or .npz file; got {args.data!r}")
     if "://" not in args.data and not os.path.isfile(args.data):
         usage(f"--data {args.data!r} does not exist or is not a file")
     if "://" not in args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         usage(f"--out {args.out!r} exists and is not a directory")
-    if getattr(args, "runner", "local") == "local" and getattr(
-            args, "pipeline_args", None):
-        usage(f"options after '--' ({' '.join(args.pipeline_args)}) are Beam "
-              f"pipeline options; they need --runner beam")
+    check_runner_args(args, usage)
 
 
 # ---------------------------------------------------------------------------
@@ -294,25 +265,16 @@ def shard_element(shard: Shard, batch_size: int, num_examples: int) -> tuple:
 def prepare_model(args, example_shape: tuple, call_with_retries) -> tuple:
     """(model identity, K or None, SavedModel path or pinned version), checked."""
     if args.target:
-        from serving.client import Client
-
-        probe = Client(args.target, args.model_name, version=args.model_version,
-                       timeout=args.timeout, max_attempts=1)
         try:
-            meta = call_with_retries(probe.metadata)
+            version, info, where = server_signature(
+                args.target, args.model_name, args.model_version, args.timeout,
+                SIGNATURE, call_with_retries)
         except ServingError as e:
             raise JobError(f"cannot use model {args.model_name!r} at "
                            f"{args.target}: {e.code.name}: {e.message}") from e
-        finally:
-            probe.close()
-        where = f"model {args.model_name!r} version {meta.version} at {args.target}"
-        info = meta.signatures.get(SIGNATURE)
-        if info is None:
-            raise JobError(f"{where} has no '{SIGNATURE}' signature; it has "
-                           f"{sorted(meta.signatures)}")
         check_signature(info, where, example_shape)
-        return ({"model_name": args.model_name, "model_version": meta.version},
-                None, meta.version)
+        return ({"model_name": args.model_name, "model_version": version},
+                None, version)
     from export import saved_contract
     from serving.client import signature_info
 

@@ -15,7 +15,9 @@ through one retry loop (`serving.retry`).
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -25,6 +27,57 @@ from serving.errors import EXIT_USAGE, JobError, ServingError
 
 SIGNATURE = contract.GENERATE
 _SEED, = contract.signature(SIGNATURE).input_keys
+
+INT32_MAX = 2**31 - 1
+INT32_MIN = -2**31
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, saved_model_help: str) -> None:
+    """The "model (one of)" flags the batch jobs share: a server or a SavedModel."""
+    source = parser.add_argument_group("model (one of)")
+    source.add_argument("--target", help="HOST:PORT of a TF Serving gRPC API.")
+    source.add_argument("--model_name", help="Model to ask (with --target).")
+    source.add_argument("--model_version", type=int,
+                        help="Version to ask (with --target); default: the "
+                             "latest, pinned for the whole job.")
+    source.add_argument("--saved-model", dest="saved_model", help=saved_model_help)
+
+
+def check_source_args(args: argparse.Namespace, usage) -> None:
+    """Calls usage(message) for the first bad source flag of a batch job."""
+    if bool(args.target) == bool(args.saved_model):
+        usage("give exactly one of --target HOST:PORT (with --model_name) or "
+              "--saved-model DIR; got " + ("both" if args.target else "neither"))
+    if args.target:
+        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:]+):\d{1,5}", args.target):
+            usage(f"--target must be HOST:PORT; got {args.target!r}")
+        if not args.model_name:
+            usage("--model_name is required with --target")
+        if args.model_version is not None and args.model_version < 0:
+            usage(f"--model_version must be >= 0; got {args.model_version}")
+    elif args.model_name or args.model_version is not None:
+        usage("--model_name/--model_version go with --target, not with "
+              "--saved-model")
+
+
+def check_request_args(args: argparse.Namespace, usage) -> None:
+    """Calls usage(message) for a bad --seed, --timeout or --max-retries."""
+    if not INT32_MIN <= args.seed <= INT32_MAX:
+        usage(f"--seed must fit in int32 [{INT32_MIN}, {INT32_MAX}]; got "
+              f"{args.seed}")
+    if not args.timeout > 0:
+        usage(f"--timeout must be a positive number of seconds; got "
+              f"{args.timeout}")
+    if args.max_retries < 0:
+        usage(f"--max-retries must be >= 0; got {args.max_retries}")
+
+
+def check_runner_args(args: argparse.Namespace, usage) -> None:
+    """Options after '--' are Beam's: refused with --runner local."""
+    pipeline_args = getattr(args, "pipeline_args", None) or []
+    if getattr(args, "runner", "local") == "local" and pipeline_args:
+        usage(f"options after '--' ({' '.join(pipeline_args)}) are Beam "
+              f"pipeline options; they need --runner beam")
 
 
 def check_generate_signature(info, where: str) -> dict:
@@ -42,6 +95,30 @@ def check_generate_signature(info, where: str) -> dict:
     return dict(info.outputs)
 
 
+def connect_once(target: str, model_name: str, version: Optional[int], timeout: float):
+    """A gRPC client with its own retries off: the caller's loop (the job's, Beam's) retries."""
+    from serving.client import Client
+
+    return Client(target, model_name, version=version, timeout=timeout, max_attempts=1)
+
+
+def server_signature(target: str, model_name: str, version: Optional[int], timeout: float,
+                     signature: str, call_with_retries) -> tuple:
+    """(the version the server resolved, its ``signature`` info, a description of it);
+    JobError if the model has no such signature."""
+    probe = connect_once(target, model_name, version, timeout)
+    try:
+        meta = call_with_retries(probe.metadata)
+    finally:
+        probe.close()
+    where = f"model {model_name!r} version {meta.version} at {target}"
+    info = meta.signatures.get(signature)
+    if info is None:
+        raise JobError(f"{where} has no '{signature}' signature; it has "
+                       f"{sorted(meta.signatures)}")
+    return meta.version, info, where
+
+
 class ServerSource:
     """Samples from a model server over gRPC, one pinned version."""
 
@@ -54,28 +131,14 @@ class ServerSource:
         self._client = None
         self.outputs = None
 
-    def _connect(self):
-        from serving.client import Client
-
-        # Retries off: the job's loop retries, not the client's as well.
-        return Client(self.target, self.model_name, version=self.version,
-                      timeout=self.timeout, max_attempts=1)
-
     def prepare(self, call_with_retries) -> dict:
         """Resolves (and pins) the version; returns the model identity."""
-        probe = self._connect()
-        try:
-            meta = call_with_retries(probe.metadata)
-        finally:
-            probe.close()
-        where = f"model {self.model_name!r} version {meta.version} at {self.target}"
-        info = meta.signatures.get(SIGNATURE)
-        if info is None:
-            raise JobError(f"{where} has no '{SIGNATURE}' signature; it has "
-                           f"{sorted(meta.signatures)}")
+        self.version, info, where = server_signature(
+            self.target, self.model_name, self.version, self.timeout, SIGNATURE,
+            call_with_retries)
         self.outputs = check_generate_signature(info, where)
-        self.version = meta.version
-        self._client = self._connect()
+        self._client = connect_once(self.target, self.model_name, self.version,
+                                    self.timeout)
         return {"model_name": self.model_name, "model_version": self.version}
 
     def generate(self, rows: np.ndarray) -> dict:

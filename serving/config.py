@@ -377,6 +377,40 @@ def load_prometheus_path(path: str) -> Optional[str]:
     return prometheus.path or PROMETHEUS_DEFAULT_PATH
 
 
+def session_config(config_file: str = "", session_parallelism: int = 0,
+                   intra_op_parallelism: int = 0,
+                   inter_op_parallelism: int = 0,
+                   per_process_gpu_memory_fraction: float = 0.0):
+    """The ConfigProto every loaded version's Session gets, built as
+    Server::BuildAndStart builds session_bundle_config.session_config.
+
+    The --tensorflow_session_config_file text proto comes first; then the
+    GPU memory fraction; then the thread counts: intra/inter-op if either
+    is set, otherwise --tensorflow_session_parallelism for both (0 lets
+    TensorFlow choose).  Setting all three is refused by the caller.
+    """
+    from tensorflow.core.protobuf import config_pb2
+
+    config = config_pb2.ConfigProto()
+    if config_file:
+        text = _read(config_file, "--tensorflow_session_config_file")
+        try:
+            text_format.Parse(text, config)
+        except text_format.ParseError as e:
+            raise ConfigError(
+                f"Invalid protobuf file: '{config_file}' "
+                f"(--tensorflow_session_config_file: {e})") from e
+    config.gpu_options.per_process_gpu_memory_fraction = (
+        per_process_gpu_memory_fraction)
+    if intra_op_parallelism > 0 or inter_op_parallelism > 0:
+        config.intra_op_parallelism_threads = intra_op_parallelism
+        config.inter_op_parallelism_threads = inter_op_parallelism
+    else:
+        config.intra_op_parallelism_threads = session_parallelism
+        config.inter_op_parallelism_threads = session_parallelism
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class SslConfig:
     server_key: str

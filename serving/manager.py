@@ -100,12 +100,14 @@ class ModelManager:
                  allow_version_labels_for_unavailable_models: bool = False,
                  max_num_load_retries: int = 0,
                  load_retry_interval_micros: int = 0,
-                 saved_model_tags: tuple = ("serve",)):
+                 saved_model_tags: tuple = ("serve",),
+                 session_config=None):
         self.allow_version_labels_for_unavailable_models = (
             allow_version_labels_for_unavailable_models)
         self._max_num_load_retries = max(0, max_num_load_retries)
         self._retry_interval = max(0, load_retry_interval_micros) / 1e6
         self._tags = tuple(saved_model_tags)
+        self._session_config = session_config
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._config_lock = threading.Lock()
@@ -283,7 +285,8 @@ class ModelManager:
                     break
                 logger.info("Retrying of %s retry: %d", description, tries)
             try:
-                servable = Servable(name, version, path, tags=self._tags)
+                servable = Servable(name, version, path, tags=self._tags,
+                                    session_config=self._session_config)
                 if self._warmup is not None:
                     self._warmup(servable)
                 error = None

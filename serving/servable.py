@@ -1,14 +1,21 @@
 """One loaded version of a model: its signatures and how to run them.
 
 Signature metadata comes from the SavedModel proto itself (the MetaGraphDef
-tagged "serve"), exactly what TF Serving returns from GetModelMetadata;
-signatures run through ``tf.saved_model.load(path).signatures[name]``.
+tagged "serve"), exactly what TF Serving returns from GetModelMetadata.
+Signatures run as TF Serving runs them: the MetaGraphDef is loaded into its
+own graph and Session (the server's session ConfigProto: thread counts,
+--tensorflow_session_config_file), and each signature is one Session
+callable feeding its input tensors and fetching its output tensors.  The
+callable runs the graph in the request's thread (RunOptions
+inter_op_thread_pool = -1), which spares a small model the hand-off to
+the inter-op pool; ops still use the intra-op pool.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Mapping, Optional
 
@@ -24,6 +31,9 @@ from serving import errors, tensors
 logger = logging.getLogger(__name__)
 
 SERVE_TAG = "serve"
+# The SavedModel's initializer, stored as a signature; never served.
+INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
+_CALLER_THREAD = None          # RunOptions, made on first use
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
@@ -72,20 +82,29 @@ class Servable:
     Attributes:
       name, version, path: identity and location.
       signature_defs: every SignatureDef of the "serve" MetaGraphDef.
+      session_config: the ConfigProto of its Session (None: TF's defaults).
     """
 
     def __init__(self, name: str, version: int, path: str,
-                 tags=(SERVE_TAG,)):
+                 tags=(SERVE_TAG,), session_config=None):
         self.name = name
         self.version = int(version)
         self.path = path
         meta_graph = read_meta_graph(path, tags)
         self.signature_defs = dict(meta_graph.signature_def)
+        self.session_config = session_config
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph,
+                                             config=session_config)
         try:
-            self._loaded = tf.saved_model.load(path, tags=list(tags))
+            with self._graph.as_default():
+                tf.compat.v1.saved_model.loader.load(
+                    self._session, list(tags), path)
         except Exception as e:  # noqa: BLE001 - reported as a load failure
+            self._session.close()
             raise errors.from_exception(e) from e
-        self._functions = dict(self._loaded.signatures)
+        self._callables = {}
+        self._callables_lock = threading.Lock()
         self._specs = {}
         self.warmup_records = 0
         self.batching_released = False     # set once the version is unloaded
@@ -99,7 +118,7 @@ class Servable:
         """
         name = name or contract.SERVING_DEFAULT
         sig = self.signature_defs.get(name)
-        if sig is None or name not in self._functions:
+        if sig is None or name == INIT_OP_SIGNATURE_KEY:
             raise errors.failed_precondition(
                 f'Serving signature key "{name}" not found.')
         return name, sig
@@ -183,12 +202,37 @@ class Servable:
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict:
         """Runs a signature on decoded inputs; returns every output."""
-        fn = self._functions[signature_name]
+        global _CALLER_THREAD
+        if _CALLER_THREAD is None:
+            _CALLER_THREAD = tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
         try:
-            outputs = fn(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
-            return {k: v.numpy() for k, v in outputs.items()}
+            in_aliases, out_aliases, call = self._callable(signature_name)
+            values = call(*[inputs[a] for a in in_aliases],
+                          options=_CALLER_THREAD)
+            return dict(zip(out_aliases, values))
         except Exception as e:  # noqa: BLE001 - becomes the request's status
             raise errors.from_exception(e) from e
+
+    def _callable(self, signature_name: str) -> tuple:
+        """(input aliases, output aliases, Session callable) of a signature,
+        built on its first request (sorted aliases, as TF Serving orders
+        them)."""
+        entry = self._callables.get(signature_name)
+        if entry is not None:
+            return entry
+        with self._callables_lock:
+            entry = self._callables.get(signature_name)
+            if entry is None:
+                sig = self.signature_defs[signature_name]
+                ins, outs = sorted(sig.inputs), sorted(sig.outputs)
+                tensor = self._graph.get_tensor_by_name
+                call = self._session.make_callable(
+                    [tensor(sig.outputs[a].name) for a in outs],
+                    [tensor(sig.inputs[a].name) for a in ins],
+                    accept_options=True)
+                entry = (ins, outs, call)
+                self._callables[signature_name] = entry
+        return entry
 
     # -- warmup -------------------------------------------------------------
     def warmup(self, predict) -> int:

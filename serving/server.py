@@ -128,13 +128,20 @@ TF_SERVING_FLAGS = (
     ("flush_filesystem_caches", "bool", True,
      NO_EFFECT + ": the local file system has no caches to flush."),
     ("tensorflow_session_parallelism", "int64", 0,
-     NO_EFFECT + ": TensorFlow's own thread pools are used."),
+     "Threads for each loaded version's Session, used for both its intra-op "
+     "and inter-op pools when neither of those flags is set; 0 lets "
+     "TensorFlow choose."),
     ("tensorflow_session_config_file", "string", "",
-     NO_EFFECT + ": no session ConfigProto is applied."),
+     "Text ConfigProto applied to every loaded version's Session; the "
+     "thread-count flags are applied on top of it."),
     ("tensorflow_intra_op_parallelism", "int64", 0,
-     NO_EFFECT + ": TensorFlow's own thread pools are used."),
+     "Threads one op may use (the Session's intra-op pool); 0 lets "
+     "TensorFlow choose."),
     ("tensorflow_inter_op_parallelism", "int64", 0,
-     NO_EFFECT + ": TensorFlow's own thread pools are used."),
+     "Threads for running independent ops at once (the Session's inter-op "
+     "pool); 0 lets TensorFlow choose. Requests run their graph in their "
+     "own thread, so this pool serves only ops that TensorFlow defers to "
+     "it."),
     ("use_alts_credentials", "bool", False,
      "Use Google ALTS credentials"),
     ("ssl_config_file", "string", "",
@@ -143,7 +150,9 @@ TF_SERVING_FLAGS = (
     ("platform_config_file", "string", "",
      NO_EFFECT + ": only the 'tensorflow' platform is served."),
     ("per_process_gpu_memory_fraction", "float", 0.0,
-     NO_EFFECT + ": see docs/serving-gpu.md."),
+     "Share of each GPU's memory the Sessions may take, between 0 and 1; 0 "
+     "lets TensorFlow grow as needed. Set in every Session's gpu_options; "
+     "no effect on a machine without a GPU."),
     ("saved_model_tags", "string", "serve",
      "Comma-separated set of tags corresponding to the meta graph def to "
      "load from SavedModel."),
@@ -267,6 +276,7 @@ class ServerOptions:
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60 * 1000 * 1000
     saved_model_tags: tuple = ("serve",)
+    session_config: object = None      # a ConfigProto for every Session
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerOptions":
@@ -355,7 +365,13 @@ class ServerOptions:
             max_num_load_retries=args.max_num_load_retries,
             load_retry_interval_micros=args.load_retry_interval_micros,
             saved_model_tags=tuple(
-                t for t in args.saved_model_tags.split(",") if t))
+                t for t in args.saved_model_tags.split(",") if t),
+            session_config=config_lib.session_config(
+                args.tensorflow_session_config_file,
+                args.tensorflow_session_parallelism,
+                args.tensorflow_intra_op_parallelism,
+                args.tensorflow_inter_op_parallelism,
+                args.per_process_gpu_memory_fraction))
 
 
 class Server:
@@ -380,7 +396,8 @@ class Server:
                 options.allow_version_labels_for_unavailable_models),
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_micros=options.load_retry_interval_micros,
-            saved_model_tags=options.saved_model_tags)
+            saved_model_tags=options.saved_model_tags,
+            session_config=options.session_config)
         self.core = ServingCore(
             self.manager, self.batcher, self.metrics,
             tensor_content=options.enable_serialization_as_tensor_content)

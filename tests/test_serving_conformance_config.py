@@ -477,3 +477,81 @@ def test_a_busy_rest_port_leaves_grpc_serving(tmp_path):
                 assert _status(stub, "a") == [(1, "AVAILABLE")]
         finally:
             srv.stop(grace=0)
+
+
+# ---------------------------------------------------------------------------
+# The Session of each loaded version: server.cc BuildAndStart fills
+# session_bundle_config.session_config; predict_util.cc runs each signature
+# as one Session::Run.
+# ---------------------------------------------------------------------------
+
+def _session_config(tmp_path, *flags):
+    return _options(["--model_name=a", f"--model_base_path={tmp_path}",
+                     *flags]).session_config
+
+
+def test_session_config_is_built_as_build_and_start_builds_it(tmp_path):
+    # server.cc: the --tensorflow_session_config_file text proto first, then
+    # the GPU memory fraction, then intra/inter-op threads if either is set,
+    # else --tensorflow_session_parallelism for both, so a thread count in
+    # the file is overwritten even by the flags' default 0.
+    path = tmp_path / "session.pbtxt"
+    path.write_text("intra_op_parallelism_threads: 7 "
+                    "allow_soft_placement: true "
+                    "gpu_options { allow_growth: true }")
+    config = _session_config(tmp_path, f"--tensorflow_session_config_file={path}")
+    assert config.allow_soft_placement and config.gpu_options.allow_growth
+    assert (config.intra_op_parallelism_threads,
+            config.inter_op_parallelism_threads) == (0, 0)
+    config = _session_config(tmp_path, "--tensorflow_session_parallelism=3",
+                             "--per_process_gpu_memory_fraction=0.25")
+    assert (config.intra_op_parallelism_threads,
+            config.inter_op_parallelism_threads) == (3, 3)
+    assert config.gpu_options.per_process_gpu_memory_fraction == 0.25
+    config = _session_config(tmp_path, "--tensorflow_session_parallelism=3",
+                             "--tensorflow_intra_op_parallelism=2")
+    assert (config.intra_op_parallelism_threads,
+            config.inter_op_parallelism_threads) == (2, 0)
+
+
+def test_a_bad_session_config_file_stops_the_start(tmp_path):
+    # server.cc: ParseProtoTextFile's error is BuildAndStart's.
+    path = tmp_path / "session.pbtxt"
+    path.write_text("no_such_field: 1")
+    with pytest.raises(ConfigError, match="Invalid protobuf file") as info:
+        _session_config(tmp_path, f"--tensorflow_session_config_file={path}")
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match="--tensorflow_session_config_file"):
+        _session_config(tmp_path, f"--tensorflow_session_config_file={path}.x")
+
+
+def test_versions_run_in_sessions_with_the_server_config(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.client import Client
+
+    source = fx.shared_versions()[1]
+    fx.copy_version(source, str(tmp_path / "a"), 1)
+    srv = fx.start_server_in_thread([
+        "--port=0", "--model_name=a", f"--model_base_path={tmp_path / 'a'}",
+        "--tensorflow_intra_op_parallelism=1",
+        "--tensorflow_inter_op_parallelism=1",
+        "--file_system_poll_wait_seconds=0"])
+    try:
+        spec = get_model_status_pb2.GetModelStatusRequest().model_spec
+        spec.name = "a"
+        servable = srv.manager.resolve(spec)
+        assert servable.session_config.intra_op_parallelism_threads == 1
+        assert servable.session_config.inter_op_parallelism_threads == 1
+        z = np.random.default_rng(0).normal(
+            size=(5, fx.LATENT_DIM)).astype(np.float32)
+        with Client(f"127.0.0.1:{srv.port}", "a", timeout=30) as client:
+            served = client.decode(z)
+        reference = fx.load_reference(source).signatures["decode"](
+            z=tf.constant(z))["mean"].numpy()
+        # The same graph and kernels as the in-process function: only the
+        # executor differs.
+        np.testing.assert_allclose(served, reference, rtol=1e-6, atol=1e-7)
+    finally:
+        srv.stop(grace=0)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message as pb_message, text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.util import deprecation
 
 from export import contract
 from serving import errors, tensors
@@ -97,7 +98,9 @@ class Servable:
         self._session = tf.compat.v1.Session(graph=self._graph,
                                              config=session_config)
         try:
-            with self._graph.as_default():
+            # The TF1 loader is TF Serving's (LoadSavedModel into a Session);
+            # its "use tf.saved_model.load" notice does not apply here.
+            with self._graph.as_default(), deprecation.silence():
                 tf.compat.v1.saved_model.loader.load(
                     self._session, list(tags), path)
         except Exception as e:  # noqa: BLE001 - reported as a load failure

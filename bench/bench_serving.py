@@ -251,6 +251,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="1,2,3",
                         help="Which of the sections 1 (latency), 2 "
                              "(generation job), 3 (batching) to run.")
+    parser.add_argument("--server-flags", default="",
+                        help="More flags for the server of sections 1 and 2, "
+                             "one string, e.g. "
+                             "'--tensorflow_intra_op_parallelism=1'.")
     parser.add_argument("--rounds", type=int, default=2,
                         help="Sections 2 and 3 keep the best of this many "
                              "runs, taken in turns.")
@@ -278,7 +282,8 @@ def main(argv=None) -> int:
 
         plain = fx.ServerProcess(
             ["--port", "0", "--model_name", "vae", "--model_base_path", base,
-             "--file_system_poll_wait_seconds", "0"],
+             "--file_system_poll_wait_seconds", "0",
+             *args.server_flags.split()],
             os.path.join(work, "server.log"))
         servers.append(plain)
         params = os.path.join(work, "batching.txt")
@@ -302,6 +307,8 @@ def main(argv=None) -> int:
         print(f"model: {model_text}")
         print(f"machine: {os.cpu_count()} CPU(s); tensorflow {tf.__version__}; "
               f"server and client on the same machine")
+        if args.server_flags:
+            print(f"server flags (sections 1 and 2): {args.server_flags}")
         print()
 
         sections = {int(x) for x in args.sections.split(",")}

@@ -204,6 +204,16 @@ _GRPC_LINE = re.compile(r"Running gRPC ModelServer at [^:\s]+:(\d+)")
 _REST_LINE = re.compile(r"Exporting HTTP/REST API at:[^:\s]+:(\d+)")
 
 
+def _rest_port_asked(argv: list) -> bool:
+    """True if `argv` sets --rest_api_port to a port other than 0."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--rest_api_port="):
+            return arg.split("=", 1)[1] != "0"
+        if arg == "--rest_api_port" and i + 1 < len(argv):
+            return str(argv[i + 1]) != "0"
+    return False
+
+
 class ServerProcess:
     """`python -m serving.server ...` in a child process, log captured."""
 
@@ -216,13 +226,16 @@ class ServerProcess:
             stderr=subprocess.STDOUT)
         self.port = None
         self.rest_port = None
+        # With a REST port asked for, wait for its line too: it is logged
+        # after the gRPC one.
+        wants_rest = _rest_port_asked(argv)
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             text = self.log_text()
             m = _GRPC_LINE.search(text)
-            if m:
+            r = _REST_LINE.search(text)
+            if m and (r or not wants_rest):
                 self.port = int(m.group(1))
-                r = _REST_LINE.search(text)
                 self.rest_port = int(r.group(1)) if r else None
                 return
             if self.proc.poll() is not None:

@@ -355,7 +355,11 @@ def _config_messages():
 
 
 def _parse_file(path: str, flag: str, message_name: str):
-    message = _config_messages()[message_name]()
+    return _parse_text_into(path, flag, _config_messages()[message_name]())
+
+
+def _parse_text_into(path: str, flag: str, message):
+    """Parses the text proto file `path` (named by `flag`) into `message`."""
     text = _read(path, flag)
     try:
         text_format.Parse(text, message)
@@ -393,13 +397,7 @@ def session_config(config_file: str = "", session_parallelism: int = 0,
 
     config = config_pb2.ConfigProto()
     if config_file:
-        text = _read(config_file, "--tensorflow_session_config_file")
-        try:
-            text_format.Parse(text, config)
-        except text_format.ParseError as e:
-            raise ConfigError(
-                f"Invalid protobuf file: '{config_file}' "
-                f"(--tensorflow_session_config_file: {e})") from e
+        _parse_text_into(config_file, "--tensorflow_session_config_file", config)
     config.gpu_options.per_process_gpu_memory_fraction = (
         per_process_gpu_memory_fraction)
     if intra_op_parallelism > 0 or inter_op_parallelism > 0:

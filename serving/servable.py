@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 SERVE_TAG = "serve"
 # The SavedModel's initializer, stored as a signature; never served.
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
-_CALLER_THREAD = None          # RunOptions, made on first use
+# Session runs in the calling (request's) thread, not the inter-op pool.
+_CALLER_THREAD = tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
@@ -205,9 +206,6 @@ class Servable:
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict:
         """Runs a signature on decoded inputs; returns every output."""
-        global _CALLER_THREAD
-        if _CALLER_THREAD is None:
-            _CALLER_THREAD = tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
         try:
             in_aliases, out_aliases, call = self._callable(signature_name)
             values = call(*[inputs[a] for a in in_aliases],

@@ -35,6 +35,27 @@ def test_dynamic_binarization_draws_anew_each_epoch():
     assert not np.array_equal(first[0], second[0])
 
 
+def test_binarized_batches_run_without_autotuning_and_keep_their_draws():
+    # Autotuning is off (its wake-up delayed the end of every epoch); the batches are
+    # those of the same pipeline with autotuning on, epoch after epoch.
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).random((40, 3, 3, 1)).astype(np.float32)
+    ds = data.binarized_batches(x, 8, seed=3)
+    assert ds.options().autotune.enabled is False
+    tuned = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices(x).shuffle(40, seed=3).batch(8),
+        tf.data.Dataset.random(seed=3, rerandomize_each_iteration=True),
+    ).map(lambda b, s: tf.cast(tf.random.stateless_uniform(tf.shape(b), seed=[s, 3]) < b,
+                               tf.float32),
+          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    for _ in range(2):
+        ours, theirs = [b.numpy() for b in ds], [b.numpy() for b in tuned]
+        assert len(ours) == 5
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_digits():
     (x, y), (xt, yt) = data.load("digits")
     assert x.shape[1:] == (8, 8, 1) and len(x) + len(xt) == 1797

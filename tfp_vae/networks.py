@@ -12,8 +12,9 @@ parameters or the code); decoders map z to one unconstrained number per data ele
           padding -> Flatten; decoder Dense(H/8 * W/8 * 128) -> Reshape ->
           Conv2DTranspose 128/64/32 stride 2 -> Conv2D(channels). Needs H and W
           divisible by 8 (pad 28x28 digits to 32x32).
-          Its last layer is a ``SameConv2D``: Keras' Conv2D with the same weights and
-          output, whose training gradient is computed by two faster ops (below).
+          Its last layer is a ``SameConv2D`` and, at 32x32, its first transposed
+          convolution a ``SubpixelConv2DTranspose``: Keras' layers with the same weights
+          and outputs, computed by faster ops (below).
 
 Why ``SameConv2D``: the conv decoder ends in a 3x3 convolution from 32 channels to one.
 TensorFlow's CPU gradient kernels for that shape (Conv2DBackpropInput and
@@ -22,8 +23,18 @@ EPYC here, so that layer alone took a quarter to a third of the conv model's tra
 step. Its gradient is the same mathematics as two ordinary ops: the input gradient is a
 'same' convolution of the output gradient with the flipped, transposed kernel, and the
 kernel gradient is one matrix product of the padded input with the output gradient
-shifted to each tap (``bench/bench_speed.py`` shows the whole model's speed;
-``tests/test_models.py`` checks both gradients against TensorFlow's).
+shifted to each tap.
+
+Why ``SubpixelConv2DTranspose``: the forward pass of a stride-2 3x3 transposed
+convolution from a 4x4 input (TensorFlow's Conv2DBackpropInput) took 25-27 ms at batch
+100 here, for 0.5 GFLOP. The same output is a stride-1 2x2 convolution to four times the
+channels, one group per output phase, rearranged by depth_to_space ("sub-pixel"): 16/9
+the multiply-adds, but in an ordinary convolution, 10-14 ms. From 8x8 and 16x16 inputs
+the native kernel was the faster (10-15 against 20-29 ms), so the decoder uses the
+sub-pixel form only where its input is at most 4x4. The gradients stay TensorFlow's own
+(a stride-2 convolution and Conv2DBackpropFilter). ``bench/bench_speed.py`` shows the
+whole model's speed; ``tests/test_models.py`` checks outputs and gradients of both
+layers against Keras'.
 """
 
 import math
@@ -103,6 +114,70 @@ class SameConv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
 
+# Sub-pixel form of a stride-2 'same' transposed convolution with a 3x3 kernel, per
+# axis: output 2m + a takes input m - 1 (window offset u = 0) and input m (u = 1),
+# y[2m] = x[m] k[0] + x[m - 1] k[2] and y[2m + 1] = x[m] k[1]; (a, u) -> kernel tap.
+_SUBPIXEL_TAP = {(0, 0): 2, (0, 1): 0, (1, 0): None, (1, 1): 1}
+
+
+def _subpixel_kernel(kernel):
+    """[3, 3, O, C] transposed-conv kernel -> [2, 2, C, 4 O] kernel of the stride-1 'valid'
+    convolution over the input padded by one row and column at the top and left, whose
+    output channels, in (row phase, column phase, O) order, depth_to_space into y."""
+    taps = tf.transpose(kernel, [0, 1, 3, 2])  # [3, 3, C, O]
+    zero = tf.zeros_like(taps[0, 0])
+    rows = []
+    for u in range(2):
+        cols = []
+        for v in range(2):
+            groups = []
+            for a in range(2):
+                for b in range(2):
+                    ty, tx = _SUBPIXEL_TAP[(a, u)], _SUBPIXEL_TAP[(b, v)]
+                    groups.append(zero if ty is None or tx is None else taps[ty, tx])
+            cols.append(tf.concat(groups, axis=-1))
+        rows.append(tf.stack(cols))
+    return tf.stack(rows)
+
+
+@tf.custom_gradient
+def subpixel_conv2d_transpose(x, kernel):
+    """``tf.nn.conv2d_transpose(x, kernel, [B, 2H, 2W, O], 2, "SAME")`` for a 3x3 kernel
+    [3, 3, O, C] on NHWC x, computed in sub-pixel form; the gradients are TensorFlow's."""
+    padded = tf.pad(x, [[0, 0], [1, 0], [1, 0], [0, 0]])
+    y = tf.nn.depth_to_space(tf.nn.conv2d(padded, _subpixel_kernel(kernel), 1, "VALID"), 2)
+
+    def grad(dy):
+        dx = tf.nn.conv2d(dy, kernel, 2, "SAME")
+        dk = tf.raw_ops.Conv2DBackpropFilter(
+            input=dy, filter_sizes=tf.shape(kernel), out_backprop=x, strides=[1, 2, 2, 1],
+            padding="SAME")
+        return dx, dk
+
+    return y, grad
+
+
+@keras.saving.register_keras_serializable(package="tfp_vae")
+class SubpixelConv2DTranspose(keras.layers.Conv2DTranspose):
+    """``keras.layers.Conv2DTranspose``, same weights, config and output; a stride-2 'same'
+    3x3 one (channels last, no dilation or output padding) runs its forward pass as
+    ``subpixel_conv2d_transpose``. Any other configuration is Keras' own."""
+
+    def _fast(self):
+        return (tuple(self.kernel_size) == (3, 3) and tuple(self.strides) == (2, 2)
+                and self.padding == "same" and self.data_format == "channels_last"
+                and self.output_padding is None and tuple(self.dilation_rate) == (1, 1))
+
+    def call(self, inputs):
+        if not self._fast():
+            return super().call(inputs)
+        outputs = subpixel_conv2d_transpose(tf.convert_to_tensor(inputs),
+                                            tf.convert_to_tensor(self.kernel))
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)
+
+
 def _check_conv_shape(data_shape):
     data_shape = _check_shape(data_shape)
     factor = 2 ** len(CONV_FILTERS)
@@ -135,10 +210,11 @@ def conv_decoder(latent_dim, data_shape=(32, 32, 1), name="decoder"):
         keras.layers.Dense((h // factor) * (w // factor) * top, activation="relu"),
         keras.layers.Reshape((h // factor, w // factor, top)),
     ]
-    layers += [
-        keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu")
-        for f in reversed(CONV_FILTERS)
-    ]
+    size = (h // factor) * (w // factor)  # the first transposed convolution's input
+    for f in reversed(CONV_FILTERS):
+        layer = SubpixelConv2DTranspose if size <= 16 else keras.layers.Conv2DTranspose
+        layers.append(layer(f, 3, strides=2, padding="same", activation="relu"))
+        size *= 4
     layers.append(SameConv2D(c, 3, padding="same"))
     return keras.Sequential(layers, name=name)
 

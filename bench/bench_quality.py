@@ -84,7 +84,9 @@ def train_and_score(config, splits, args, label):
     (x_train, _), (x_val, _), (x_test, _) = splits
     keras.utils.set_random_seed(config.seed)
     model = train_lib.build_model(config, x_train.shape[1:])
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    steps = math.ceil(len(x_train) / config.batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  **({"jit_compile": True, "steps_per_execution": steps} if args.fast else {}))
     train_data, fit_kwargs = _training_data(x_train, config)
     start = time.perf_counter()
     history = model.fit(
@@ -168,6 +170,9 @@ def parse_args(argv=None):
                    help="train nothing: print the table of the runs stored in these --json "
                         "files (e.g. one per seed, run side by side)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--fast", action="store_true",
+                   help="compile the tfp_vae models as bench_speed.py's fastest MLP setting "
+                        "(jit_compile=True, a whole epoch per execution); rows get ' xla+spe'")
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
     for name in ("latent_dim", "epochs", "batch_size", "num_samples", "elbo_samples"):
@@ -307,7 +312,7 @@ def main(argv=None):
                 posterior, _, kl = first.partition("+")
                 config = dataclasses.replace(base, posterior=posterior, kl=kl or "auto", prior=second,
                                              seed=seed).validate()
-                row = train_and_score(config, splits, args, first)
+                row = train_and_score(config, splits, args, first + (" xla+spe" if args.fast else ""))
             rows.append(row)
             print(f"  seed {seed} {row['model']}/{row['prior']}: LL {row['log_likelihood']:.2f}  "
                   f"ELBO {row['elbo']:.2f}  (train {row['train_seconds']:.0f} s, eval "

@@ -147,8 +147,9 @@ def run_group(title, models, data, n_examples, rounds, peer_name, matmul=False, 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--settings", nargs="+", default=["eager-graph", "xla"], choices=list(SETTINGS),
-                   help="tfp_vae compile settings to time (default: eager-graph xla)")
+    p.add_argument("--settings", nargs="+", default=["eager-graph", "xla", "xla+spe"],
+                   choices=list(SETTINGS),
+                   help="tfp_vae compile settings to time (default: eager-graph xla xla+spe)")
     p.add_argument("--peer-settings", nargs="+", default=["eager-graph"], choices=list(SETTINGS),
                    help="compile settings of the peers too (default: eager-graph, Keras' default, "
                         "the reference of the ratios; others are timed beside it)")

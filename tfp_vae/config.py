@@ -54,7 +54,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
-    jit_compile: bool = False  # XLA for the training step; not faster here (bench/bench_speed.py)
+    # XLA for the training step; with a whole epoch per execution it sped the MLP up about
+    # 1.4x on 2 CPU cores and slowed the conv network (bench/bench_speed.py), so it is off.
+    jit_compile: bool = False
     # Training steps run per call into TensorFlow (Keras' steps_per_execution); the same
     # steps and result, less Python between steps. The progress bar and batch-level
     # callbacks see every this many steps.

@@ -83,68 +83,6 @@ def test_conv_autoencoder_and_vae_train_on_padded_images():
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("kernel_size,filters,strides", [(3, 1, 1), ((5, 3), 2, 1), (3, 2, 2)])
-def test_same_conv2d_is_keras_conv2d_with_the_same_gradients(kernel_size, filters, strides):
-    # The conv decoder's last layer: Keras' Conv2D whose stride-1 'same' gradient is a
-    # convolution and a matrix product (networks.same_conv2d); other strides are Keras'.
-    x = tf.constant(np.random.default_rng(0).normal(size=(4, 10, 7, 5)), tf.float32)
-    ours = tfp_vae.networks.SameConv2D(filters, kernel_size, strides=strides, padding="same")
-    theirs = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same")
-    ours.build(x.shape)
-    theirs.build(x.shape)
-    theirs.set_weights(ours.get_weights())
-    weights = tf.constant(np.random.default_rng(1).normal(size=ours.compute_output_shape(x.shape)),
-                          tf.float32)
-    results = []
-    for layer in (ours, theirs):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(tf.sin(y) * weights)
-        results.append([y, *tape.gradient(loss, [x, *layer.trainable_weights])])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
-    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
-    assert type(again) is tfp_vae.networks.SameConv2D and again.get_config() == ours.get_config()
-    _, dec = tfp_vae.networks.build("conv", 2, (32, 32, 1))
-    assert type(dec.layers[-1]) is tfp_vae.networks.SameConv2D
-
-
-@pytest.mark.parametrize("shape,kernel_size,strides", [((4, 4, 6), 3, 2), ((3, 5, 2), 3, 2),
-                                                       ((4, 4, 3), 5, 2), ((4, 4, 3), 3, 1)])
-def test_subpixel_conv2d_transpose_is_keras_conv2d_transpose(shape, kernel_size, strides):
-    # The conv decoder's first transposed convolution: Keras' layer computed in sub-pixel
-    # form (3x3, stride 2); other kernels and strides are Keras' own.
-    x = tf.constant(np.random.default_rng(2).normal(size=(3, *shape)), tf.float32)
-    ours = tfp_vae.networks.SubpixelConv2DTranspose(4, kernel_size, strides=strides,
-                                                     padding="same", activation="relu")
-    theirs = keras.layers.Conv2DTranspose(4, kernel_size, strides=strides, padding="same",
-                                          activation="relu")
-    ours.build(x.shape)
-    theirs.build(x.shape)
-    theirs.set_weights([w + 0.1 for w in ours.get_weights()])  # a non-zero bias too
-    ours.set_weights(theirs.get_weights())
-    weights = tf.constant(np.random.default_rng(3).normal(size=ours.compute_output_shape(x.shape)),
-                          tf.float32)
-    results = []
-    for layer in (ours, theirs):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * weights)
-        results.append([y, *tape.gradient(loss, [x, *layer.trainable_weights])])
-    assert results[0][0].shape == results[1][0].shape
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
-    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
-    assert type(again) is tfp_vae.networks.SubpixelConv2DTranspose
-    _, dec = tfp_vae.networks.build("conv", 2, (32, 32, 1))
-    transposed = [type(l).__name__ for l in dec.layers if isinstance(l, keras.layers.Conv2DTranspose)]
-    assert transposed == ["SubpixelConv2DTranspose", "Conv2DTranspose", "Conv2DTranspose"]
-    _, dec = tfp_vae.networks.build("conv", 2, (64, 64, 1))  # 8x8 input: Keras' kernel is faster
-    assert not any(type(l).__name__.startswith("Subpixel") for l in dec.layers)
-
-
 def test_conv_network_refuses_a_shape_it_cannot_mirror():
     with pytest.raises(ValueError, match=r"divisible by 8, got \(28, 28, 1\).*Pad 28x28"):
         tfp_vae.networks.build("conv", 2, (28, 28, 1))

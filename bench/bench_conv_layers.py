@@ -9,12 +9,20 @@ decoder, once with the same decoder rebuilt from Keras' stock Conv2D/Conv2DTrans
 and scores both on the 1,000 test digits by importance sampling. The two should differ
 by no more than two seeds of the same implementation differ.
 
+First it times the two layers against Keras' at batch 100 (median ms of ``--repeats``
+calls of a compiled function, the forms interleaved): the last layer's forward and
+backward pass (32x32x32 -> 32x32x1), and the first transposed convolution's forward pass
+(4x4x128 -> 8x8x128) and forward and backward pass.
+
 Usage:
   python bench/bench_conv_layers.py --epochs 10 --seeds 0 1
+  python bench/bench_conv_layers.py --epochs 0        # the layer timings only
 """
 
 import argparse
 import time
+
+import tensorflow as tf
 
 import _common  # noqa: F401  (sets TensorFlow's log level before it is imported)
 import keras
@@ -40,13 +48,60 @@ def stock_decoder(decoder):
     return stock
 
 
+def _timed(fn, x, repeats):
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        [t.numpy() for t in tf.nest.flatten(fn(x))]
+        times.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def time_layers(repeats=15, batch=100):
+    """Median ms of tfp_vae's layer and Keras' with the same weights, side by side."""
+    _, decoder = tfp_vae.networks.build("conv", 2, (32, 32, 1))
+    stock = stock_decoder(decoder)
+    cases = [("last conv 32->1, forward + backward", -1, (batch, 32, 32, 32), True),
+             ("first transposed conv 4x4x128, forward", 2, (batch, 4, 4, 128), False),
+             ("first transposed conv 4x4x128, forward + backward", 2, (batch, 4, 4, 128), True)]
+    rng = np.random.default_rng(0)
+    for label, index, shape, backward in cases:
+        x = tf.constant(rng.normal(size=shape), tf.float32)
+        fns = {}
+        for impl, net in (("tfp_vae", decoder), ("keras", stock)):
+            layer = net.layers[index]
+
+            def step(x, layer=layer, backward=backward):
+                if not backward:
+                    return layer(x)
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    loss = tf.reduce_sum(tf.square(layer(x)))
+                return tape.gradient(loss, [x, *layer.trainable_weights])
+
+            fns[impl] = tf.function(step, autograph=False)
+        times = {impl: [] for impl in fns}
+        for _ in range(3):  # interleaved blocks, so drifting load falls on both
+            for impl, fn in fns.items():
+                times[impl] += _timed(fn, x, repeats // 3 or 1)
+        ours, theirs = (_common.median(times[k]) for k in ("tfp_vae", "keras"))
+        print(f"  {label:52s} tfp_vae {ours:6.1f} ms   keras {theirs:6.1f} ms   "
+              f"({theirs / ours:.2f}x)", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--num-samples", type=int, default=200, help="k for the log p(x) estimate")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls per layer and form")
     args = p.parse_args(argv)
     _common.print_environment()
+    print(f"layer timings, batch 100, median ms of {args.repeats} calls, load {_common.load_average()}")
+    time_layers(args.repeats)
+    if args.epochs <= 0:
+        return {}
     (x, _), (x_test, _) = data_lib.load("mnist5k", pad=True)
     x = x[:3600]
     scores = {}

@@ -12,7 +12,8 @@ by no more than two seeds of the same implementation differ.
 First it times the two layers against Keras' at batch 100 (median ms of ``--repeats``
 calls of a compiled function, the forms interleaved): the last layer's forward and
 backward pass (32x32x32 -> 32x32x1), and the first transposed convolution's forward pass
-(4x4x128 -> 8x8x128) and forward and backward pass.
+(4x4x128 -> 8x8x128) and forward and backward pass; and the sub-pixel form's forward pass
+at the next two transposed convolutions' sizes, where the decoder keeps Keras' layer.
 
 Usage:
   python bench/bench_conv_layers.py --epochs 10 --seeds 0 1
@@ -65,12 +66,24 @@ def time_layers(repeats=15, batch=100):
     cases = [("last conv 32->1, forward + backward", -1, (batch, 32, 32, 32), True),
              ("first transposed conv 4x4x128, forward", 2, (batch, 4, 4, 128), False),
              ("first transposed conv 4x4x128, forward + backward", 2, (batch, 4, 4, 128), True)]
+    # The decoder uses the sub-pixel form only from a 4x4 input; at the next two sizes
+    # this times what it would cost there (a sub-pixel layer with those layers' weights).
+    for index, shape in ((3, (batch, 8, 8, 128)), (4, (batch, 16, 16, 64))):
+        layer = stock.layers[index]
+        sub = tfp_vae.networks.SubpixelConv2DTranspose.from_config(layer.get_config())
+        sub.build(shape)
+        sub.set_weights(layer.get_weights())
+        cases.append((f"transposed conv {shape[1]}x{shape[1]}x{shape[3]}, forward (not used)",
+                      (sub, layer), shape, False))
     rng = np.random.default_rng(0)
     for label, index, shape, backward in cases:
         x = tf.constant(rng.normal(size=shape), tf.float32)
         fns = {}
         for impl, net in (("tfp_vae", decoder), ("keras", stock)):
-            layer = net.layers[index]
+            if isinstance(index, tuple):
+                layer = index[0] if impl == "tfp_vae" else index[1]
+            else:
+                layer = net.layers[index]
 
             def step(x, layer=layer, backward=backward):
                 if not backward:

@@ -18,23 +18,24 @@ parameters or the code); decoders map z to one unconstrained number per data ele
 
 Why ``SameConv2D``: the conv decoder ends in a 3x3 convolution from 32 channels to one.
 TensorFlow's CPU gradient kernels for that shape (Conv2DBackpropInput and
-Conv2DBackpropFilter with one output channel) ran at about 1 GFLOP/s on the 2-core AMD
-EPYC here, so that layer alone took a quarter to a third of the conv model's training
-step. Its gradient is the same mathematics as two ordinary ops: the input gradient is a
+Conv2DBackpropFilter with one output channel) ran at 2-3 GFLOP/s on the 2-core AMD
+EPYC here (a large matmul: about 100), so that layer alone took over a quarter of the
+conv model's training step.
+Its gradient is the same mathematics as two ordinary ops: the input gradient is a
 'same' convolution of the output gradient with the flipped, transposed kernel, and the
 kernel gradient is one matrix product of the padded input with the output gradient
 shifted to each tap.
 
-Why ``SubpixelConv2DTranspose``: the forward pass of a stride-2 3x3 transposed
-convolution from a 4x4 input (TensorFlow's Conv2DBackpropInput) took 25-27 ms at batch
-100 here, for 0.5 GFLOP. The same output is a stride-1 2x2 convolution to four times the
-channels, one group per output phase, rearranged by depth_to_space ("sub-pixel"): 16/9
-the multiply-adds, but in an ordinary convolution, 10-14 ms. From 8x8 and 16x16 inputs
-the native kernel was the faster (10-15 against 20-29 ms), so the decoder uses the
-sub-pixel form only where its input is at most 4x4. The gradients stay TensorFlow's own
-(a stride-2 convolution and Conv2DBackpropFilter). ``bench/bench_speed.py`` shows the
-whole model's speed; ``tests/test_models.py`` checks outputs and gradients of both
-layers against Keras'.
+Why ``SubpixelConv2DTranspose``: TensorFlow's CPU kernel for the forward pass of a
+stride-2 3x3 transposed convolution from a 4x4 input (Conv2DBackpropInput) was slow here
+for its 0.5 GFLOP at batch 100. The same output is a stride-1 2x2 convolution to four
+times the channels, one group per output phase, rearranged by depth_to_space
+("sub-pixel"): 16/9 the multiply-adds, but in an ordinary convolution kernel. From 8x8
+and 16x16 inputs TensorFlow's kernel was the faster, so the decoder uses the sub-pixel
+form only where its input is at most 4x4. The gradients stay TensorFlow's own (a stride-2
+convolution and Conv2DBackpropFilter). ``bench/bench_conv_layers.py`` times both layers
+against Keras' and ``bench/bench_speed.py`` the whole model; ``tests/test_networks.py``
+checks outputs and gradients of both layers against Keras'.
 """
 
 import math

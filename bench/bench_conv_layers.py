@@ -108,7 +108,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--num-samples", type=int, default=200, help="k for the log p(x) estimate")
-    p.add_argument("--repeats", type=int, default=15, help="timed calls per layer and form")
+    p.add_argument("--repeats", type=int, default=45, help="timed calls per layer and form")
     args = p.parse_args(argv)
     _common.print_environment()
     print(f"layer timings, batch 100, median ms of {args.repeats} calls, load {_common.load_average()}")

@@ -172,7 +172,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--fast", action="store_true",
                    help="compile the tfp_vae models as bench_speed.py's fastest MLP setting "
-                        "(jit_compile=True, a whole epoch per execution); rows get ' xla+spe'")
+                        "(jit_compile=True, a whole epoch per execution; it slows --network conv); "
+                        "rows get ' xla+spe'")
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
     for name in ("latent_dim", "epochs", "batch_size", "num_samples", "elbo_samples"):

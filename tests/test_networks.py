@@ -21,13 +21,19 @@ def test_same_conv2d_is_keras_conv2d_with_the_same_gradients(kernel_size, filter
                           tf.float32)
     results = []
     for layer in (ours, theirs):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(tf.sin(y) * weights)
-        results.append([y, *tape.gradient(loss, [x, *layer.trainable_weights])])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        def step(x, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(tf.sin(y) * weights)
+            return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+        results.append(step(x))
+        # Traced, with the batch size unknown, as fit() and export run it.
+        spec = tf.TensorSpec([None, *x.shape[1:]], tf.float32)
+        results.append(tf.function(step, input_signature=[spec])(x))
+    for ours_out, *others in zip(*results):
+        for other in others:
+            np.testing.assert_allclose(ours_out.numpy(), other.numpy(), rtol=1e-5, atol=1e-5)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
     assert type(again) is tfp_vae.networks.SameConv2D and again.get_config() == ours.get_config()
     _, dec = tfp_vae.networks.build("conv", 2, (32, 32, 1))
@@ -52,18 +58,25 @@ def test_subpixel_conv2d_transpose_is_keras_conv2d_transpose(shape, kernel_size,
                           tf.float32)
     results = []
     for layer in (ours, theirs):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * weights)
-        results.append([y, *tape.gradient(loss, [x, *layer.trainable_weights])])
-    assert results[0][0].shape == results[1][0].shape
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        def step(x, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * weights)
+            return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+        results.append(step(x))
+        # Traced, with the batch size unknown, as fit() and export run it.
+        spec = tf.TensorSpec([None, *x.shape[1:]], tf.float32)
+        results.append(tf.function(step, input_signature=[spec])(x))
+    assert results[0][0].shape == results[2][0].shape
+    for ours_out, *others in zip(*results):
+        for other in others:
+            np.testing.assert_allclose(ours_out.numpy(), other.numpy(), rtol=1e-5, atol=1e-5)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
     assert type(again) is tfp_vae.networks.SubpixelConv2DTranspose
     _, dec = tfp_vae.networks.build("conv", 2, (32, 32, 1))
     transposed = [type(l).__name__ for l in dec.layers if isinstance(l, keras.layers.Conv2DTranspose)]
     assert transposed == ["SubpixelConv2DTranspose", "Conv2DTranspose", "Conv2DTranspose"]
-    _, dec = tfp_vae.networks.build("conv", 2, (64, 64, 1))  # 8x8 input: Keras' kernel is faster
-    assert not any(type(l).__name__.startswith("Subpixel") for l in dec.layers)
+    for shape in ((64, 64, 1), (32, 64, 1), (64, 32, 1)):  # an input side of 8: Keras' layer
+        _, dec = tfp_vae.networks.build("conv", 2, shape)
+        assert not any(type(l).__name__.startswith("Subpixel") for l in dec.layers), shape

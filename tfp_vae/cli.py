@@ -27,7 +27,8 @@ _TRAIN_HELP = {
     "latent_dim": "size of the latent code z",
     "jit_compile": "compile the training step with XLA (default false; same result up to float rounding; export "
                    "is unaffected). On 2 CPU cores, with --steps-per-execution set to an epoch's steps, it trained "
-                   "the mlp network about 1.4x faster; it slowed the conv network (bench/bench_speed.py)",
+                   "the mlp network about 1.6x faster than the default; it slowed the conv network "
+                   "(bench/bench_speed.py)",
     "steps_per_execution": "training steps run per call into TensorFlow (Keras' steps_per_execution): the same "
                            "steps and result with less Python between them; the progress bar moves this many "
                            "steps at a time",

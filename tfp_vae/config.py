@@ -55,7 +55,7 @@ class TrainConfig:
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
     # XLA for the training step; with a whole epoch per execution it sped the MLP up about
-    # 1.4x on 2 CPU cores and slowed the conv network (bench/bench_speed.py), so it is off.
+    # 1.6x on 2 CPU cores and slowed the conv network (bench/bench_speed.py), so it is off.
     jit_compile: bool = False
     # Training steps run per call into TensorFlow (Keras' steps_per_execution); the same
     # steps and result, less Python between steps. The progress bar and batch-level

@@ -247,8 +247,9 @@ def binarized_batches(x, batch_size, seed=0, shuffle=True):
     tf.data's autotuning is switched off. With it on, dropping the iterator at the end
     of an epoch waited for the autotuner's next wake-up, whose period doubles from 10 ms:
     on the 2-core AMD EPYC here, epochs of the conv model that computed in about 3 s
-    returned after exactly 2.56 or 5.12 s (10 ms x (2^8 - 1) or x (2^9 - 1)), and per-epoch
-    rates jumped between a few values. The map is one comparison per pixel, so a fixed
+    returned after 2.56 or 5.12 s, just over the sums of the doubling periods (10 ms x 255
+    and x 511), and per-epoch rates jumped between a few values. Keras' own pipeline for
+    NumPy input to ``fit`` keeps autotuning on. The map is one comparison per pixel, so a fixed
     parallelism and a two-batch prefetch keep the model fed; the batches are the same.
     """
     import tensorflow as tf

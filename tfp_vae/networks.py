@@ -19,8 +19,8 @@ parameters or the code); decoders map z to one unconstrained number per data ele
 Why ``SameConv2D``: the conv decoder ends in a 3x3 convolution from 32 channels to one.
 TensorFlow's CPU gradient kernels for that shape (Conv2DBackpropInput and
 Conv2DBackpropFilter with one output channel) ran at 2-3 GFLOP/s on the 2-core AMD
-EPYC here (a large matmul: about 100), so that layer alone took over a quarter of the
-conv model's training step.
+EPYC here (a large matmul: about 100), so that layer alone took a fifth to a quarter of
+the conv model's training step.
 Its gradient is the same mathematics as two ordinary ops: the input gradient is a
 'same' convolution of the output gradient with the flipped, transposed kernel, and the
 kernel gradient is one matrix product of the padded input with the output gradient
@@ -211,11 +211,12 @@ def conv_decoder(latent_dim, data_shape=(32, 32, 1), name="decoder"):
         keras.layers.Dense((h // factor) * (w // factor) * top, activation="relu"),
         keras.layers.Reshape((h // factor, w // factor, top)),
     ]
-    size = (h // factor) * (w // factor)  # the first transposed convolution's input
+    rows, cols = h // factor, w // factor  # the first transposed convolution's input
     for f in reversed(CONV_FILTERS):
-        layer = SubpixelConv2DTranspose if size <= 16 else keras.layers.Conv2DTranspose
+        subpixel = rows <= 4 and cols <= 4
+        layer = SubpixelConv2DTranspose if subpixel else keras.layers.Conv2DTranspose
         layers.append(layer(f, 3, strides=2, padding="same", activation="relu"))
-        size *= 4
+        rows, cols = 2 * rows, 2 * cols
     layers.append(SameConv2D(c, 3, padding="same"))
     return keras.Sequential(layers, name=name)
 

@@ -7,6 +7,26 @@ import tfp_vae
 from tfp_vae._backend import keras, tf
 
 
+def assert_same_outputs_and_gradients(ours, theirs, x, loss_of_output):
+    """Outputs and gradients (input, weights) of two layers with the same weights agree,
+    eagerly and traced with the batch size unknown (as fit() and export run them)."""
+    results = []
+    for layer in (ours, theirs):
+        def step(x, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = loss_of_output(y)
+            return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+        results.append(step(x))
+        spec = tf.TensorSpec([None, *x.shape[1:]], tf.float32)
+        results.append(tf.function(step, input_signature=[spec])(x))
+    assert results[0][0].shape == results[2][0].shape
+    for ours_out, *others in zip(*results):
+        for other in others:
+            np.testing.assert_allclose(ours_out.numpy(), other.numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel_size,filters,strides", [(3, 1, 1), ((5, 3), 2, 1), (3, 2, 2)])
 def test_same_conv2d_is_keras_conv2d_with_the_same_gradients(kernel_size, filters, strides):
     # The conv decoder's last layer: Keras' Conv2D whose stride-1 'same' gradient is a
@@ -19,21 +39,7 @@ def test_same_conv2d_is_keras_conv2d_with_the_same_gradients(kernel_size, filter
     theirs.set_weights(ours.get_weights())
     weights = tf.constant(np.random.default_rng(1).normal(size=ours.compute_output_shape(x.shape)),
                           tf.float32)
-    results = []
-    for layer in (ours, theirs):
-        def step(x, layer=layer):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-                loss = tf.reduce_sum(tf.sin(y) * weights)
-            return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
-        results.append(step(x))
-        # Traced, with the batch size unknown, as fit() and export run it.
-        spec = tf.TensorSpec([None, *x.shape[1:]], tf.float32)
-        results.append(tf.function(step, input_signature=[spec])(x))
-    for ours_out, *others in zip(*results):
-        for other in others:
-            np.testing.assert_allclose(ours_out.numpy(), other.numpy(), rtol=1e-5, atol=1e-5)
+    assert_same_outputs_and_gradients(ours, theirs, x, lambda y: tf.reduce_sum(tf.sin(y) * weights))
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
     assert type(again) is tfp_vae.networks.SameConv2D and again.get_config() == ours.get_config()
     _, dec = tfp_vae.networks.build("conv", 2, (32, 32, 1))
@@ -56,22 +62,7 @@ def test_subpixel_conv2d_transpose_is_keras_conv2d_transpose(shape, kernel_size,
     ours.set_weights(theirs.get_weights())
     weights = tf.constant(np.random.default_rng(3).normal(size=ours.compute_output_shape(x.shape)),
                           tf.float32)
-    results = []
-    for layer in (ours, theirs):
-        def step(x, layer=layer):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-                loss = tf.reduce_sum(y * weights)
-            return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
-        results.append(step(x))
-        # Traced, with the batch size unknown, as fit() and export run it.
-        spec = tf.TensorSpec([None, *x.shape[1:]], tf.float32)
-        results.append(tf.function(step, input_signature=[spec])(x))
-    assert results[0][0].shape == results[2][0].shape
-    for ours_out, *others in zip(*results):
-        for other in others:
-            np.testing.assert_allclose(ours_out.numpy(), other.numpy(), rtol=1e-5, atol=1e-5)
+    assert_same_outputs_and_gradients(ours, theirs, x, lambda y: tf.reduce_sum(y * weights))
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
     assert type(again) is tfp_vae.networks.SubpixelConv2DTranspose
     _, dec = tfp_vae.networks.build("conv", 2, (32, 32, 1))

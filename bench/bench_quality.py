@@ -83,7 +83,7 @@ def train_and_score(config, splits, args, label):
     """Trains one tfp_vae model as ``tfp-vae train`` does and scores it; a result row."""
     (x_train, _), (x_val, _), (x_test, _) = splits
     keras.utils.set_random_seed(config.seed)
-    model = train_lib.build_model(config, x_train.shape[1:])
+    model = train_lib.build_model(config, x_train.shape[1:], x=x_train)
     steps = math.ceil(len(x_train) / config.batch_size)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   **({"jit_compile": True, "steps_per_execution": steps} if args.fast else {}))

@@ -30,6 +30,9 @@ class TrainConfig:
     network: str = "mlp"
     hidden: Tuple[int, ...] = (512, 256)
     latent_dim: int = 2
+    # VAE only: "data-mean" starts the decoder's output bias at the likelihood's inverse of
+    # the training data's mean (networks.initialize_output_bias); "zeros" is Keras' default.
+    output_bias: str = "data-mean"
     posterior: str = "diag"
     prior: str = "normal"
     num_components: int = 10  # mixture components (mog) or pseudo-inputs (vamp)
@@ -112,6 +115,7 @@ class TrainConfig:
         one_of("kl", names.KL_METHODS)
         one_of("ae_loss", names.AE_LOSSES)
         one_of("strategy", names.STRATEGIES)
+        one_of("output_bias", names.OUTPUT_BIAS)
         one_of("sparsity", names.SPARSITY)
         one_of("noise", names.NOISE)
         for name in ("latent_dim", "num_components", "num_train_samples", "epochs",

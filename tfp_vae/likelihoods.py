@@ -11,9 +11,14 @@ shape, so ``log_prob`` sums over pixels and returns one number per example.
     N(x | m(f(z)), c I). With a fixed variance c, -log p(x|z) = ||x - m||^2 / (2c) + const.
     ``learn_scale="global"`` learns one scale, ``"pixel"`` one per data element.
     ``mean_activation`` ("sigmoid" for data in [0, 1], "linear" otherwise) maps f(z) to m.
+
+``inverse_mean(m)`` is the decoder output whose mean is m: with it,
+``networks.initialize_output_bias`` starts a decoder at the data's mean.
 """
 
 import math
+
+import numpy as np
 
 from tfp_vae._backend import bounded_scale, keras, tf, tfd
 
@@ -39,6 +44,20 @@ class Likelihood(keras.layers.Layer):
         """E[x|z], computed directly from the decoder output."""
         raise NotImplementedError
 
+    def inverse_mean(self, mean):
+        """The decoder output f with ``self.mean(f) == mean``, as a float32 NumPy array."""
+        raise NotImplementedError
+
+
+# A mean of exactly 0 or 1 (MNIST's border pixels) has no finite logit; it is clipped to
+# [MEAN_CLIP, 1 - MEAN_CLIP], a logit of about -6.9 or +6.9.
+MEAN_CLIP = 1e-3
+
+
+def _logit(mean):
+    p = np.clip(np.asarray(mean, np.float64), MEAN_CLIP, 1 - MEAN_CLIP)
+    return np.log(p / (1 - p)).astype(np.float32)
+
 
 @keras.saving.register_keras_serializable(package="tfp_vae")
 class Bernoulli(Likelihood):
@@ -52,6 +71,10 @@ class Bernoulli(Likelihood):
 
     def mean(self, outputs):
         return tf.sigmoid(outputs)
+
+    def inverse_mean(self, mean):
+        """The logit of ``mean``, clipped to [MEAN_CLIP, 1 - MEAN_CLIP] first."""
+        return _logit(mean)
 
 
 _SCALES = ("fixed", "global", "pixel")
@@ -96,6 +119,12 @@ class Gaussian(Likelihood):
 
     def mean(self, outputs):
         return _MEAN_ACTIVATIONS[self.mean_activation](outputs)
+
+    def inverse_mean(self, mean):
+        """The logit of ``mean`` (clipped as Bernoulli's) for the sigmoid mean, else ``mean``."""
+        if self.mean_activation == "sigmoid":
+            return _logit(mean)
+        return np.asarray(mean, np.float32)
 
     def distribution(self, outputs):
         loc = self.mean(outputs)

@@ -36,9 +36,19 @@ form only where its input is at most 4x4. The gradients stay TensorFlow's own (a
 convolution and Conv2DBackpropFilter). ``bench/bench_conv_layers.py`` times both layers
 against Keras' and ``bench/bench_speed.py`` the whole model; ``tests/test_networks.py``
 checks outputs and gradients of both layers against Keras'.
+
+``initialize_output_bias(decoder, inverse_mean, x)`` sets a decoder's output bias so
+that, before training, the likelihood's mean is the training data's mean wherever the
+rest of the output is zero: the logit of each pixel's mean for a Bernoulli likelihood
+(one bias per data element for ``mlp`` and ``linear``, one per channel for ``conv``).
+Without it the decoder starts at logit 0 -- every pixel grey -- and the first epochs go
+to learning the background. ``tfp_vae.train.build_model`` does this for VAEs unless the
+config's ``output_bias`` is "zeros"; ``bench/bench_quality.py`` measures it.
 """
 
 import math
+
+import numpy as np
 
 from tfp_vae._backend import keras, tf
 
@@ -251,6 +261,48 @@ def build(name, latent_dim, data_shape, hidden=None):
             make_decoder(latent_dim, data_shape, tuple(reversed(hidden))),
         )
     return make_encoder(data_shape), make_decoder(latent_dim, data_shape)
+
+
+def _output_layer(decoder):
+    """The decoder's last layer that has weights (its output layer for these networks)."""
+    for layer in reversed(decoder.layers):
+        if layer.weights:
+            return layer
+    raise ValueError(f"decoder {decoder.name!r} has no layer with weights.")
+
+
+def initialize_output_bias(decoder, inverse_mean, x):
+    """Sets the bias of ``decoder``'s output layer to ``inverse_mean`` of x's mean.
+
+    ``x``: training data [N, *data_shape]. ``inverse_mean``: the likelihood's (e.g.
+    ``likelihoods.Bernoulli().inverse_mean``), mapping a mean to the decoder output that
+    has it. A bias with one entry per data element gets the per-element mean over the N
+    examples; a bias with one entry per channel (a final convolution) gets the mean over
+    examples and positions. Returns the bias now set, as a NumPy array.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch of examples [N, *data_shape], got shape {x.shape}.")
+    layer = _output_layer(decoder)
+    bias = getattr(layer, "bias", None)
+    if bias is None:
+        raise ValueError(f"the decoder's output layer {layer.name!r} has no bias to initialize.")
+    shape, data_shape = tuple(bias.shape), x.shape[1:]
+    if shape == (math.prod(data_shape),):
+        mean = x.reshape(len(x), -1).mean(axis=0, dtype=np.float64)
+    elif shape == (data_shape[-1],):
+        mean = x.reshape(-1, data_shape[-1]).mean(axis=0, dtype=np.float64)
+    else:
+        raise ValueError(
+            f"the decoder's output layer {layer.name!r} has a bias of shape {shape}; expected "
+            f"({math.prod(data_shape)},), one per element of the data shape {data_shape}, or "
+            f"({data_shape[-1]},), one per channel."
+        )
+    value = np.asarray(inverse_mean(mean), np.float32).reshape(shape)
+    if not np.all(np.isfinite(value)):
+        raise ValueError("the output bias from the data's mean is not finite; is x finite?")
+    bias.assign(value)
+    return value
 
 
 def names():

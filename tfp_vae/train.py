@@ -39,8 +39,14 @@ def load_splits(config):
     return (x_train[train], y_train[train]), (x_train[val], y_train[val]), (x_test, y_test)
 
 
-def build_model(config, data_shape):
-    """The (uncompiled) VAE or Autoencoder the config describes, for ``data_shape``."""
+def build_model(config, data_shape, x=None):
+    """The (uncompiled) VAE or Autoencoder the config describes, for ``data_shape``.
+
+    ``x``: the training data. Given, and with ``config.output_bias == "data-mean"``, a
+    VAE's decoder output bias starts at the likelihood's inverse of x's mean
+    (``networks.initialize_output_bias``); without it the bias starts at zero (as when a
+    saved run is rebuilt to load its weights).
+    """
     config.validate()
     encoder, decoder = networks.build(config.network, config.latent_dim, tuple(data_shape), config.hidden)
     if config.model == "ae":
@@ -57,10 +63,13 @@ def build_model(config, data_shape):
     likelihood_kwargs = {}
     if config.likelihood == "gaussian":
         likelihood_kwargs = {"variance": config.gaussian_variance, "learn_scale": config.gaussian_scale}
+    likelihood = likelihoods.get(config.likelihood, **likelihood_kwargs)
+    if x is not None and config.output_bias == "data-mean":
+        networks.initialize_output_bias(decoder, likelihood.inverse_mean, x)
     return VAE(
         encoder, decoder, config.latent_dim, posterior=config.posterior,
         prior=priors.get(config.prior, **prior_kwargs),
-        likelihood=likelihoods.get(config.likelihood, **likelihood_kwargs),
+        likelihood=likelihood,
         beta=config.beta, kl_warmup_epochs=config.kl_warmup_epochs, objective=config.objective,
         num_train_samples=config.num_train_samples, kl=config.kl, seed=config.seed,
     )
@@ -188,7 +197,7 @@ def run(config, out_dir, verbose="auto", cpu_replicas=None):
     _check_first_batches(config, len(x_train), len(x_val), len(x_test))
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():  # the model's, optimizer's and metrics' variables
-        model = build_model(config, x_train.shape[1:])
+        model = build_model(config, x_train.shape[1:], x=x_train)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       jit_compile=config.jit_compile,
                       steps_per_execution=config.steps_per_execution)

@@ -1,0 +1,111 @@
+"""The decoder's output bias started at the data's mean (networks.initialize_output_bias)."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from tfp_vae import cli, likelihoods, networks, train
+from tfp_vae._backend import keras
+from tfp_vae.config import TrainConfig
+
+
+def _grey_images(shape=(20, 8, 8, 1), seed=0):
+    """Grey levels in [0, 1] with an always-black first row, as MNIST's border."""
+    x = np.random.default_rng(seed).uniform(size=shape).astype(np.float32) ** 2
+    x[:, 0] = 0.0
+    return x
+
+
+def _zero_output_kernel(decoder):
+    layer = networks._output_layer(decoder)
+    layer.kernel.assign(np.zeros(layer.kernel.shape, np.float32))
+
+
+@pytest.mark.parametrize("mean", [0.0, 1e-4, 0.2, 0.5, 0.97, 1.0])
+def test_bernoulli_inverse_mean_is_the_clipped_logit(mean):
+    logit = likelihoods.Bernoulli().inverse_mean(np.array([mean]))
+    p = min(max(mean, likelihoods.MEAN_CLIP), 1 - likelihoods.MEAN_CLIP)
+    assert logit.dtype == np.float32
+    np.testing.assert_allclose(logit, [np.log(p) - np.log1p(-p)], rtol=1e-6)
+    # and the likelihood's own mean maps it back
+    np.testing.assert_allclose(likelihoods.Bernoulli().mean(logit).numpy(), [p], rtol=1e-5)
+
+
+def test_gaussian_inverse_mean_follows_its_mean_activation():
+    m = np.array([0.1, 0.5, 0.9], np.float32)
+    sigmoid = likelihoods.Gaussian(mean_activation="sigmoid")
+    np.testing.assert_allclose(sigmoid.mean(sigmoid.inverse_mean(m)).numpy(), m, rtol=1e-5)
+    linear = likelihoods.Gaussian(mean_activation="linear")
+    np.testing.assert_array_equal(linear.inverse_mean(np.array([-3.0, 7.5])), [-3.0, 7.5])
+
+
+@pytest.mark.parametrize("network", ["mlp", "linear"])
+def test_dense_decoder_starts_at_each_pixels_mean(network):
+    # With the output kernel zeroed the decoder's output is its bias alone: the per-pixel
+    # mean of x through the Bernoulli mean, clipped where a pixel is always 0.
+    x = _grey_images()
+    _, decoder = networks.build(network, 3, x.shape[1:], (16,))
+    bias = networks.initialize_output_bias(decoder, likelihoods.Bernoulli().inverse_mean, x)
+    assert bias.shape == (64,)
+    _zero_output_kernel(decoder)
+    mean = likelihoods.Bernoulli().mean(decoder(np.random.default_rng(1).normal(size=(5, 3)))).numpy()
+    expected = np.clip(x.mean(axis=0), likelihoods.MEAN_CLIP, 1 - likelihoods.MEAN_CLIP)
+    np.testing.assert_allclose(mean, np.broadcast_to(expected, mean.shape), rtol=1e-5)
+    assert np.allclose(mean[:, 0], likelihoods.MEAN_CLIP)
+
+
+def test_conv_decoder_gets_one_bias_per_channel():
+    x = _grey_images((6, 8, 8, 2))
+    _, decoder = networks.build("conv", 3, x.shape[1:])
+    bias = networks.initialize_output_bias(decoder, likelihoods.Bernoulli().inverse_mean, x)
+    expected = [np.log(x[..., c].mean()) - np.log1p(-x[..., c].mean()) for c in range(2)]
+    np.testing.assert_allclose(bias, expected, rtol=1e-5)
+    np.testing.assert_array_equal(networks._output_layer(decoder).bias.numpy(), bias)
+
+
+def test_initialize_output_bias_rejects_what_it_cannot_set():
+    x = _grey_images()
+    inverse = likelihoods.Bernoulli().inverse_mean
+    _, decoder = networks.build("mlp", 3, x.shape[1:], (16,))
+    with pytest.raises(ValueError, match=r"bias of shape \(64,\); expected \(32,\)"):
+        networks.initialize_output_bias(decoder, inverse, x[:, :4])
+    with pytest.raises(ValueError, match="non-empty batch"):
+        networks.initialize_output_bias(decoder, inverse, x[:0])
+    no_bias = keras.Sequential([keras.Input((3,)), keras.layers.Dense(64, use_bias=False)])
+    with pytest.raises(ValueError, match="has no bias"):
+        networks.initialize_output_bias(no_bias, inverse, x)
+    nan = x.copy()
+    nan[0, 1, 1] = np.nan
+    before = networks._output_layer(decoder).bias.numpy()
+    with pytest.raises(ValueError, match="not finite"):
+        networks.initialize_output_bias(decoder, inverse, nan)
+    np.testing.assert_array_equal(networks._output_layer(decoder).bias.numpy(), before)
+
+
+def _decoder_bias(model):
+    return networks._output_layer(model.decoder).bias.numpy()
+
+
+def test_build_model_starts_a_vae_at_the_data_mean_unless_told_zeros():
+    x = _grey_images()
+    config = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2)
+    expected = likelihoods.Bernoulli().inverse_mean(x.reshape(len(x), -1).mean(axis=0, dtype=np.float64))
+    np.testing.assert_allclose(_decoder_bias(train.build_model(config, x.shape[1:], x=x)), expected)
+    # no data (a saved run rebuilt for its weights) or "zeros": Keras' zero bias
+    assert not _decoder_bias(train.build_model(config, x.shape[1:])).any()
+    zeros = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2, output_bias="zeros")
+    assert not _decoder_bias(train.build_model(zeros, x.shape[1:], x=x)).any()
+    # the autoencoder keeps Keras' initialization
+    ae = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2, model="ae")
+    assert not _decoder_bias(train.build_model(ae, x.shape[1:], x=x)).any()
+
+
+def test_output_bias_flag_and_config_check():
+    parser = argparse.ArgumentParser()
+    cli.add_train_arguments(parser)
+    args = parser.parse_args(["--out", "r", "--output-bias", "zeros"])
+    assert args.output_bias == "zeros"
+    assert TrainConfig().output_bias == "data-mean"
+    with pytest.raises(ValueError, match=r"output_bias='mean' is not valid; expected one of \['data-mean', 'zeros'\]"):
+        TrainConfig(output_bias="mean").validate()

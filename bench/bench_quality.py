@@ -6,6 +6,9 @@ size, epochs, batch size, learning rate, seed and data split, trained as ``tfp-v
 train`` trains (same split, seeding, optimizer, validation data and, with ``--binarize
 dynamic``, the same re-binarized batches every epoch).
 
+The decoder's output bias starts at zero, as ``tfp-vae train`` and the peers start it;
+``--output-bias data-mean`` starts it at the training data's mean instead.
+
 Peer models (``--peer``): the same MLP written with TFP's own Keras layers on tf_keras
 (bench/tfp_layers_peer.py): ``tfpl.IndependentNormal`` or ``tfpl.MultivariateNormalTriL``
 encoder, ``tfpl.IndependentBernoulli`` decoder, the exact KL against N(0, I) added by
@@ -49,6 +52,7 @@ import keras
 import numpy as np
 
 from tfp_vae import data as data_lib
+from tfp_vae.names import OUTPUT_BIAS
 from tfp_vae import train as train_lib
 from tfp_vae.config import TrainConfig
 from tfp_vae.vae import KL_METHODS
@@ -174,6 +178,10 @@ def parse_args(argv=None):
                    help="compile the tfp_vae models as bench_speed.py's fastest MLP setting "
                         "(jit_compile=True, a whole epoch per execution; it slows --network conv); "
                         "rows get ' xla+spe'")
+    p.add_argument("--output-bias", choices=OUTPUT_BIAS, default="zeros",
+                   help="how the tfp_vae models' decoder output bias starts (TrainConfig.output_bias): "
+                        "zeros (default: Keras' start, as tfp-vae train and the peers) or data-mean "
+                        "(the data's mean; rows get ' mean-bias')")
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
     for name in ("latent_dim", "epochs", "batch_size", "num_samples", "elbo_samples"):
@@ -287,7 +295,7 @@ def main(argv=None):
         binarize=None if args.binarize == "none" else args.binarize,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         seed=args.seeds[0], eval_samples=args.num_samples, eval_examples=args.test_examples,
-        pictures=False,
+        pictures=False, output_bias=args.output_bias,
     ).validate()
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = train_lib.load_splits(base)
     if args.test_examples:
@@ -313,7 +321,9 @@ def main(argv=None):
                 posterior, _, kl = first.partition("+")
                 config = dataclasses.replace(base, posterior=posterior, kl=kl or "auto", prior=second,
                                              seed=seed).validate()
-                row = train_and_score(config, splits, args, first + (" xla+spe" if args.fast else ""))
+                label = (first + (" xla+spe" if args.fast else "")
+                         + (" mean-bias" if args.output_bias == "data-mean" else ""))
+                row = train_and_score(config, splits, args, label)
             rows.append(row)
             print(f"  seed {seed} {row['model']}/{row['prior']}: LL {row['log_likelihood']:.2f}  "
                   f"ELBO {row['elbo']:.2f}  (train {row['train_seconds']:.0f} s, eval "

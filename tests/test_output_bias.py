@@ -87,25 +87,47 @@ def _decoder_bias(model):
     return networks._output_layer(model.decoder).bias.numpy()
 
 
-def test_build_model_starts_a_vae_at_the_data_mean_unless_told_zeros():
+def test_build_model_starts_a_vae_at_the_data_mean_when_told():
     x = _grey_images()
-    config = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2)
+    config = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2, output_bias="data-mean")
     expected = likelihoods.Bernoulli().inverse_mean(x.reshape(len(x), -1).mean(axis=0, dtype=np.float64))
     np.testing.assert_allclose(_decoder_bias(train.build_model(config, x.shape[1:], x=x)), expected)
-    # no data (a saved run rebuilt for its weights) or "zeros": Keras' zero bias
+    # no data (a saved run rebuilt for its weights) or the default "zeros": Keras' zero bias
     assert not _decoder_bias(train.build_model(config, x.shape[1:])).any()
-    zeros = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2, output_bias="zeros")
+    zeros = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2)
+    assert zeros.output_bias == "zeros"
     assert not _decoder_bias(train.build_model(zeros, x.shape[1:], x=x)).any()
     # the autoencoder keeps Keras' initialization
-    ae = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2, model="ae")
+    ae = TrainConfig(dataset="digits", hidden=(8,), latent_dim=2, model="ae", output_bias="data-mean")
     assert not _decoder_bias(train.build_model(ae, x.shape[1:], x=x)).any()
 
 
 def test_output_bias_flag_and_config_check():
     parser = argparse.ArgumentParser()
     cli.add_train_arguments(parser)
-    args = parser.parse_args(["--out", "r", "--output-bias", "zeros"])
-    assert args.output_bias == "zeros"
-    assert TrainConfig().output_bias == "data-mean"
-    with pytest.raises(ValueError, match=r"output_bias='mean' is not valid; expected one of \['data-mean', 'zeros'\]"):
+    args = parser.parse_args(["--out", "r", "--output-bias", "data-mean"])
+    assert args.output_bias == "data-mean"
+    assert TrainConfig().output_bias == "zeros"
+    with pytest.raises(ValueError, match=r"output_bias='mean' is not valid; expected one of \['zeros', 'data-mean'\]"):
         TrainConfig(output_bias="mean").validate()
+
+
+def test_a_training_run_starts_from_the_data_mean_and_records_it(tmp_path):
+    # Adam moves each bias by at most about the learning rate per step, so after one short
+    # epoch a data-mean run's output bias is still near the inverse mean of its training
+    # split, and a default run's still near zero.
+    biases = {}
+    for start in ("data-mean", "zeros"):
+        config = TrainConfig(dataset="digits", hidden=(8,), epochs=1, batch_size=256, eval_samples=2,
+                             eval_examples=4, pictures=False, output_bias=start)
+        train.run(config, tmp_path / start, verbose=0)
+        model, saved = train.load_run(tmp_path / start)
+        assert saved.output_bias == start
+        biases[start] = _decoder_bias(model)
+        steps = -(-len(train.load_splits(config)[0][0]) // config.batch_size)
+    (x_train, _), _, _ = train.load_splits(config)
+    expected = likelihoods.Bernoulli().inverse_mean(x_train.reshape(len(x_train), -1).mean(axis=0))
+    moved = 2 * steps * config.learning_rate
+    assert np.abs(biases["data-mean"] - expected).max() < moved
+    assert np.abs(biases["zeros"]).max() < moved
+    assert np.abs(expected).max() > 10 * moved  # so the two checks tell the starts apart

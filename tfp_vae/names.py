@@ -19,7 +19,7 @@ SPARSITY = (None, "l1", "kl")
 NOISE = (None, "gaussian", "mask")
 GAUSSIAN_SCALES = ("fixed", "global", "pixel")
 STRATEGIES = ("none", "mirrored", "multi_worker")  # tfp_vae.distribute
-OUTPUT_BIAS = ("data-mean", "zeros")  # how a VAE's decoder output bias starts
+OUTPUT_BIAS = ("zeros", "data-mean")  # how a VAE's decoder output bias starts
 
 # The built-in entries of each registry, sorted as the registry's names() lists them.
 BUILTIN = {

@@ -44,8 +44,8 @@ def build_model(config, data_shape, x=None):
 
     ``x``: the training data. Given, and with ``config.output_bias == "data-mean"``, a
     VAE's decoder output bias starts at the likelihood's inverse of x's mean
-    (``networks.initialize_output_bias``); without it the bias starts at zero (as when a
-    saved run is rebuilt to load its weights).
+    (``networks.initialize_output_bias``); otherwise it starts at zero (also when a saved
+    run is rebuilt to load its weights).
     """
     config.validate()
     encoder, decoder = networks.build(config.network, config.latent_dim, tuple(data_shape), config.hidden)

@@ -257,14 +257,14 @@ def print_table(rows, args, num_test, total):
         print("\nproject model against its tfp.layers counterpart, per seed (LL difference, nats):")
         peers = {t["model"]: t for t in table}
         for t in table:
-            kind = COUNTERPART.get(t["model"].partition("+")[0])
+            kind = COUNTERPART.get(t["model"].split()[0].partition("+")[0])  # "diag+path mean-bias" -> diag
             if kind is None or t["prior"] != "normal" or f"tfp.layers {kind}" not in peers:
                 continue
             other = peers[f"tfp.layers {kind}"]
             diffs = [a - b for a, b in zip(t["log_likelihood_per_seed"], other["log_likelihood_per_seed"])]
             ahead = all(d > 0 for d in diffs)
             speed = other["train_seconds_median"] / t["train_seconds_median"]
-            print(f"  {t['model']:12s} vs {kind:24s} " + " ".join(f"{d:+.2f}" for d in diffs)
+            print(f"  {t['model']:20s} vs {kind:24s} " + " ".join(f"{d:+.2f}" for d in diffs)
                   + f"  -> {'ahead on every seed' if ahead else 'NOT ahead on every seed'}; "
                   f"peer train time / project = {speed:.2f}")
     return table

@@ -75,6 +75,8 @@ def test_initialize_output_bias_rejects_what_it_cannot_set():
     no_bias = keras.Sequential([keras.Input((3,)), keras.layers.Dense(64, use_bias=False)])
     with pytest.raises(ValueError, match="has no bias"):
         networks.initialize_output_bias(no_bias, inverse, x)
+    with pytest.raises(NotImplementedError, match="Likelihood does not define inverse_mean"):
+        networks.initialize_output_bias(decoder, likelihoods.Likelihood().inverse_mean, x)
     nan = x.copy()
     nan[0, 1, 1] = np.nan
     before = networks._output_layer(decoder).bias.numpy()

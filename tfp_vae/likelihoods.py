@@ -46,7 +46,10 @@ class Likelihood(keras.layers.Layer):
 
     def inverse_mean(self, mean):
         """The decoder output f with ``self.mean(f) == mean``, as a float32 NumPy array."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define inverse_mean, so a decoder cannot be started "
+            "at the data's mean with it; use output_bias 'zeros' or define inverse_mean."
+        )
 
 
 # A mean of exactly 0 or 1 (MNIST's border pixels) has no finite logit; it is clipped to

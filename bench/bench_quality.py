@@ -279,7 +279,8 @@ def merge(paths):
         rows += stored["runs"]
         total += stored.get("total_seconds", 0.0)
         num_test = stored["args"].get("test_examples") or 1000
-    print(f"merged {len(rows)} runs from {len(paths)} files; total = sum of the files' wall times")
+    print(f"merged {len(rows)} runs from {len(paths)} files; total = sum of the files' wall times; "
+          "train times (and their ratios) compare only runs made side by side at the same load")
     return print_table(rows, None, num_test, total)
 
 

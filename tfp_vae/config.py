@@ -117,6 +117,11 @@ class TrainConfig:
         one_of("ae_loss", names.AE_LOSSES)
         one_of("strategy", names.STRATEGIES)
         one_of("output_bias", names.OUTPUT_BIAS)
+        if self.output_bias != "zeros" and self.model != "vae":
+            raise ValueError(
+                f"output_bias={self.output_bias!r} is not valid with model={self.model!r}; expected "
+                "output_bias 'zeros' (the data-mean start is for a VAE's likelihood)."
+            )
         one_of("sparsity", names.SPARSITY)
         one_of("noise", names.NOISE)
         for name in ("latent_dim", "num_components", "num_train_samples", "epochs",

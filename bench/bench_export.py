@@ -9,8 +9,9 @@ drift in machine load hits both alike:
 For each batch size we time ``--repeats`` rounds; a round calls the function until
 ``--min-time`` seconds have passed and records the mean time per call. The table
 shows the median over rounds as milliseconds per call and examples per second, and
-``ratio`` = SavedModel examples/s / live examples/s (>= 0.95 is the target: the
-SavedModel no slower than the live model). ``--traced-live`` adds the live method
+``ratio`` = the median over rounds of that round's SavedModel examples/s / live
+examples/s (>= 0.95 is the target: the SavedModel no slower than the live model). The
+order of the contenders within a round rotates every round. ``--traced-live`` adds the live method
 wrapped in ``tf.function`` as a third column, the fairest graph-to-graph comparison.
 
     PYTHONPATH=. python bench/bench_export.py                      # conv, latent 2, untrained
@@ -59,15 +60,25 @@ def _time_per_call(fn, min_time):
 
 
 def _bench(contenders, repeats, min_time, warmup):
-    """{name: median seconds per call}; contenders is {name: zero-argument callable}."""
+    """({name: median seconds per call}, {name: [seconds per call, one per round]}).
+
+    contenders is {name: zero-argument callable}; the order within a round rotates
+    every round, so that neither always runs first after the other warmed the caches.
+    """
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
-    samples = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            samples[name].append(_time_per_call(fn, min_time))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    names = list(contenders)
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(_time_per_call(contenders[name], min_time))
+    return {name: statistics.median(values) for name, values in samples.items()}, samples
+
+
+def _ratio(samples, other):
+    """Median over rounds of the per-round speed ratio saved / other (time other / time saved)."""
+    return statistics.median(o / s for s, o in zip(samples["saved"], samples[other]))
 
 
 def main(argv=None):
@@ -133,16 +144,14 @@ def main(argv=None):
                 }
                 if args.traced_live:
                     contenders["live_traced"] = lambda f=traced[name], v=value: f(v)
-                seconds = _bench(contenders, args.repeats, args.min_time, args.warmup)
+                seconds, rounds = _bench(contenders, args.repeats, args.min_time, args.warmup)
                 row = {"signature": name, "batch": batch}
                 for who, s in seconds.items():
                     row[f"{who}_ms"] = s * 1e3
                     row[f"{who}_examples_per_s"] = batch / s
-                row["ratio"] = row["saved_examples_per_s"] / row["live_examples_per_s"]
+                row["ratio"] = _ratio(rounds, "live")
                 if args.traced_live:
-                    row["ratio_vs_traced"] = (
-                        row["saved_examples_per_s"] / row["live_traced_examples_per_s"]
-                    )
+                    row["ratio_vs_traced"] = _ratio(rounds, "live_traced")
                 rows.append(row)
 
     columns = [  # (header, row key, format)

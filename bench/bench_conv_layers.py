@@ -63,9 +63,13 @@ def time_layers(repeats=15, batch=100):
     """Median ms of tfp_vae's layer and Keras' with the same weights, side by side."""
     _, decoder = tfp_vae.networks.build("conv", 2, (32, 32, 1))
     stock = stock_decoder(decoder)
-    cases = [("last conv 32->1, forward + backward", -1, (batch, 32, 32, 32), True),
-             ("first transposed conv 4x4x128, forward", 2, (batch, 4, 4, 128), False),
-             ("first transposed conv 4x4x128, forward + backward", 2, (batch, 4, 4, 128), True)]
+
+    def pair(i):  # the decoder's layer i and its stock twin
+        return {"tfp_vae": decoder.layers[i], "keras": stock.layers[i]}
+
+    cases = [("last conv 32->1, forward + backward", pair(-1), (batch, 32, 32, 32), True),
+             ("first transposed conv 4x4x128, forward", pair(2), (batch, 4, 4, 128), False),
+             ("first transposed conv 4x4x128, forward + backward", pair(2), (batch, 4, 4, 128), True)]
     # The decoder uses the sub-pixel form only from a 4x4 input; at the next two sizes
     # this times what it would cost there (a sub-pixel layer with those layers' weights).
     for index, shape in ((3, (batch, 8, 8, 128)), (4, (batch, 16, 16, 64))):
@@ -74,16 +78,12 @@ def time_layers(repeats=15, batch=100):
         sub.build(shape)
         sub.set_weights(layer.get_weights())
         cases.append((f"transposed conv {shape[1]}x{shape[1]}x{shape[3]}, forward (not used)",
-                      (sub, layer), shape, False))
+                      {"tfp_vae": sub, "keras": layer}, shape, False))
     rng = np.random.default_rng(0)
-    for label, index, shape, backward in cases:
+    for label, layers, shape, backward in cases:
         x = tf.constant(rng.normal(size=shape), tf.float32)
         fns = {}
-        for impl, net in (("tfp_vae", decoder), ("keras", stock)):
-            if isinstance(index, tuple):
-                layer = index[0] if impl == "tfp_vae" else index[1]
-            else:
-                layer = net.layers[index]
+        for impl, layer in layers.items():
 
             def step(x, layer=layer, backward=backward):
                 if not backward:

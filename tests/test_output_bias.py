@@ -133,8 +133,8 @@ def test_a_training_run_starts_from_the_data_mean_and_records_it(tmp_path):
         model, saved = train.load_run(tmp_path / start)
         assert saved.output_bias == start
         biases[start] = _decoder_bias(model)
-        steps = -(-len(train.load_splits(config)[0][0]) // config.batch_size)
     (x_train, _), _, _ = train.load_splits(config)
+    steps = -(-len(x_train) // config.batch_size)
     expected = likelihoods.Bernoulli().inverse_mean(x_train.reshape(len(x_train), -1).mean(axis=0))
     moved = 4 * steps * config.learning_rate
     assert np.abs(biases["data-mean"] - expected).max() < moved

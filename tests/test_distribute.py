@@ -123,7 +123,7 @@ def test_mirrored_on_two_cpu_replicas(tmp_path, baseline):
     from tfp_vae import train
 
     model, _ = train.load_run(str(out))  # loads without a strategy
-    assert model.kl_method == "analytic"
+    assert model.kl_method == "path"
 
 
 def _two_ports():

@@ -37,8 +37,7 @@ _TRAIN_HELP = {
     "steps_per_execution": "training steps run per call into TensorFlow (Keras' steps_per_execution): the same "
                            "steps and result with less Python between them; the progress bar moves this many "
                            "steps at a time",
-    "posterior": "diag (MultivariateNormalDiag), tril (MultivariateNormalTriL, damped off-diagonal, "
-                 "path-derivative KL), "
+    "posterior": "diag (MultivariateNormalDiag), tril (MultivariateNormalTriL, damped off-diagonal), "
                  "tril_source (the source's Algorithm 2) or iaf (inverse autoregressive flow)",
     "prior": "normal, mog (learnable mixture of Gaussians) or vamp (VampPrior)",
     "num_components": "mixture components (mog) or pseudo-inputs (vamp)",
@@ -47,8 +46,9 @@ _TRAIN_HELP = {
     "gaussian_scale": "fixed, global (one learned scale) or pixel (one per data element)",
     "beta": "weight of the KL term",
     "kl_warmup_epochs": "ramp the KL weight linearly from 0 over this many epochs",
-    "kl": "KL term: auto (the posterior's own estimator, else closed form when one exists, else "
-          "sampled), analytic, sampled, or path (sampled, path-derivative gradient)",
+    "kl": "how the KL term is trained: auto (path for diag, tril and iaf; the closed form for "
+          "tril_source, the source's construction), analytic (closed form), sampled, or path (sampled, path-derivative "
+          "gradient). Reported ELBOs use the closed form wherever one exists",
     "objective": "elbo, or iwae (importance-weighted bound with --num-train-samples samples)",
     "num_train_samples": "posterior samples per example in training (k of IWAE)",
     "ae_loss": "autoencoder reconstruction loss: bce or mse",

@@ -11,14 +11,16 @@ and the evidence lower bound (ELBO) on log p(x):
     ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))   =   -(distortion + rate).
 
 The expectation is estimated with reparameterized samples z = mu + L eps
-(``tfd`` samplers are reparameterized), so gradients flow to the encoder. The KL term
-is computed in closed form by ``tfd.kl_divergence`` whenever a closed form is
+(``tfd`` samplers are reparameterized), so gradients flow to the encoder. How the KL
+term is trained (``kl_method``): ``diag``, ``tril`` and ``iaf`` name the path-derivative
+estimator (``kl="path"``: sampled from the same z as E_q[log q(z|x) - log p(z)], with
+log q(z|x) evaluated at q's parameters held constant, so the gradient reaches the
+encoder through z only; Roeder et al., 2017). ``tril_source`` (the source's Algorithm 2)
+and ``kl="analytic"`` train with the closed form of ``tfd.kl_divergence`` where one is
 registered for the (posterior, prior) pair -- Gaussian against Gaussian, diagonal or
-full covariance -- and otherwise estimated from the same samples as
-E_q[log q(z|x) - log p(z)] (mixture and Vamp priors). A family may name its own
-estimator instead: ``tril`` and ``iaf`` sample the KL with the path-derivative gradient
-(``kl="path"``: log q(z|x) with q's parameters held constant, gradient through z only;
-Roeder et al., 2017). ``kl_method`` says which.
+full covariance -- and otherwise with the sampled estimate, as ``kl="sampled"`` does.
+``elbo`` reports the KL's value in closed form wherever one is registered, whichever
+estimator trains.
 
 Training objectives:
 
@@ -76,8 +78,9 @@ class VAE(TermsModel):
       kl_warmup_epochs: ramp the KL weight linearly from 0 to beta over this many epochs.
       objective: "elbo" or "iwae".
       num_train_samples: posterior samples per example during training (k for IWAE).
-      kl: "auto" (the family's own ``KL_ESTIMATOR`` if it names one, else the closed form
-        when registered, else sampled), "analytic" (require the closed form), "sampled",
+      kl: "auto" (the family's own ``KL_ESTIMATOR`` if it names one -- "path" for every
+        built-in family but tril_source -- else the closed form when registered, else sampled),
+        "analytic" (require the closed form), "sampled",
         or "path": sampled, with the path-derivative ("sticking the landing") gradient --
         log q(z|x) evaluated with the posterior's parameters held constant, so its
         gradient reaches the encoder only through z (Roeder et al., 2017). The value of
@@ -153,6 +156,7 @@ class VAE(TermsModel):
         )
         self._init_trackers(seed)
         self._kl_method = None
+        self._closed_form_kl = None
         input_shape = known_input_shape(encoder)
         if input_shape is not None:
             self.build(input_shape)
@@ -167,6 +171,7 @@ class VAE(TermsModel):
         for layer in (self.prior_layer, self.likelihood_layer):
             if not layer.built:  # layers restored from a .keras file arrive built
                 layer.build(input_shape)
+        self._closed_form_kl = self._has_closed_form_kl()
         self._kl_method = self._resolve_kl_method()
         self.built = True
 
@@ -183,23 +188,38 @@ class VAE(TermsModel):
             )
         if kl in ("sampled", "path"):
             return kl
-        params = tf.zeros([1, self.posterior_family.params_size(self.latent_dim)])
-        q = self.posterior_family.new(params, self.latent_dim)
+        if self._closed_form_kl:
+            return "analytic"
+        if self.kl == "analytic":
+            q = self.posterior_family.new(self._zero_params(), self.latent_dim)
+            raise ValueError(
+                f"kl='analytic' but tfd.kl_divergence has no closed form for "
+                f"{type(q).__name__} against the {type(self.prior_layer).__name__} prior; "
+                "use kl='auto' or kl='sampled'."
+            )
+        return "sampled"
+
+    def _zero_params(self):
+        return tf.zeros([1, self.posterior_family.params_size(self.latent_dim)])
+
+    def _has_closed_form_kl(self):
+        """Whether tfd.kl_divergence has a closed form for q(z|x) against the prior."""
+        q = self.posterior_family.new(self._zero_params(), self.latent_dim)
         try:
             tfd.kl_divergence(q, self.prior())
-            return "analytic"
+            return True
         except NotImplementedError:
-            if self.kl == "analytic":
-                raise ValueError(
-                    f"kl='analytic' but tfd.kl_divergence has no closed form for "
-                    f"{type(q).__name__} against the {type(self.prior_layer).__name__} prior; "
-                    "use kl='auto' or kl='sampled'."
-                ) from None
-            return "sampled"
+            return False
+
+    @property
+    def _value_kl_method(self):
+        """"analytic" where a closed form is registered (training may still use "path"), else
+        "sampled": how ``elbo`` computes the KL term's value."""
+        return "analytic" if self._closed_form_kl else "sampled"
 
     @property
     def kl_method(self):
-        """"analytic", "sampled" or "path": how the KL term of the ELBO is computed."""
+        """"analytic", "sampled" or "path": how the KL term is computed in training."""
         return self._kl_method
 
     def get_config(self):
@@ -264,12 +284,13 @@ class VAE(TermsModel):
         log_px_z = self.decode(z, training=training).log_prob(x)
         return params, z, log_px_z, self.prior().log_prob(z), log_qz
 
-    def _terms(self, x, seed, training=False, num_samples=None):
+    def _terms(self, x, seed, training=False, num_samples=None, kl_method=None):
         num_samples = num_samples or self.num_train_samples
+        kl_method = kl_method or self._kl_method
         params, z, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed, training)
-        if self._kl_method == "analytic":
+        if kl_method == "analytic":
             kl = tfd.kl_divergence(self.posterior_family.new(params, self.latent_dim), self.prior())
-        elif self._kl_method == "path":  # same value as log_qz; gradient only through z
+        elif kl_method == "path":  # same value as log_qz; gradient only through z
             family = self.posterior_family
             if hasattr(family, "held_log_prob"):  # families with weights of their own
                 log_q_held = family.held_log_prob(params, self.latent_dim, z)
@@ -287,8 +308,15 @@ class VAE(TermsModel):
         return terms
 
     def elbo(self, x, seed=None, num_samples=1):
-        """Per-example ELBO in nats, Tensor [B] (KL in closed form where registered)."""
-        return self._terms(as_float(x), _as_seed(seed), num_samples=num_samples)["elbo"]
+        """Per-example ELBO in nats, Tensor [B].
+
+        The KL term is in closed form wherever one is registered for the (posterior, prior)
+        pair, whatever ``kl_method`` trains with: "path" differs from "sampled" only in its
+        gradient, and the closed form is the same expectation without the sampling noise.
+        Otherwise it is sampled from the same z as the reconstruction term.
+        """
+        return self._terms(as_float(x), _as_seed(seed), num_samples=num_samples,
+                           kl_method=self._value_kl_method)["elbo"]
 
     def log_likelihood(self, x, num_samples=1000, seed=0, batch_size=100, max_rows=10000):
         """Importance-sampled log p(x) per example, Tensor [B].

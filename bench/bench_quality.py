@@ -34,7 +34,7 @@ MultivariateNormalTriL) seed by seed.
 Usage:
   python bench/bench_quality.py --epochs 30 --seeds 0 1 2 --peer --json quality.json
   python bench/bench_quality.py --epochs 20 --test-examples 300 --only diag/normal iaf/normal
-  python bench/bench_quality.py --only diag/normal diag+path/normal --peers IndependentNormal
+  python bench/bench_quality.py --only diag/normal diag+analytic/normal --peers IndependentNormal
   # one process per seed, side by side, then one table:
   for s in 0 1 2; do python bench/bench_quality.py --seeds $s --json q$s.json & done; wait
   python bench/bench_quality.py --merge q0.json q1.json q2.json

@@ -16,6 +16,10 @@ importance-sampled log p(x) with k samples on the first test digits. A candidate
   iaf_<T>x<H>[g<b>]    the iaf family with T steps, H hidden units per MADE (and gate_bias b)
   path-<candidate>     any weightless candidate above (diag, tril, tril_0.1, ...) with the
                        path-derivative KL: kl="path" (Roeder et al., 2017; see tfp_vae.vae.VAE)
+  analytic-<candidate> any weightless candidate with the closed-form KL. The screens in
+                       tfp_vae/posteriors.py ran when diag, tril and the damped_/matched_/
+                       tril_ candidates trained with it; they now default to "path", so
+                       repeat those rows with this prefix (analytic-diag, ...)
 
 The library's families (diag, tril, tril_source) are screened under their own names.
 
@@ -154,9 +158,18 @@ def _path(name):
                 {"name": f"path-{name}", "KL_ESTIMATOR": "path"})
 
 
+def _analytic(name):
+    """The weightless candidate ``name`` with the closed-form KL (no estimator of its own)."""
+    family = candidate(name)
+    return type(f"Analytic{family.__name__}", (family,),
+                {"name": f"analytic-{name}", "KL_ESTIMATOR": None})
+
+
 def candidate(name):
     if name.startswith("path-"):
         return posteriors.register(_path(name[len("path-"):]))
+    if name.startswith("analytic-"):
+        return posteriors.register(_analytic(name[len("analytic-"):]))
     if name.startswith("soft"):
         return posteriors.register(_soft(name))
     if name in posteriors.names():

@@ -39,6 +39,9 @@ Families:
     2 steps of a 256-unit MADE, KL sampled with the path-derivative gradient too
     (``held_log_prob`` inverts the flow with its weights held constant).
 
+These screens ran when diag and the tril candidates trained with the closed-form KL, unless
+named path-; to repeat such a row now, prefix the candidate with analytic- (analytic-diag).
+
 Why (bench/screen_tril.py: mnist5k, MLP 512-256, latent 16, 30 epochs, seed 0, k = 1000
 on the first 300 test digits; log p(x) in nats): diag with sigma = exp(log sigma) -111.96,
 with softplus -111.03; the source's construction -122.56; damping 0.1 / 0.03 -116.67 /
@@ -80,13 +83,15 @@ more than more steps.
 Confirmation at the full budget (30 epochs, seeds 0 1 2, k = 1000 on all 1,000 test digits;
 one bench/bench_quality.py process per seed, run side by side, tables in bench/results/):
 
-  python bench_quality.py --epochs 30 --seeds S --only diag/normal diag+path/normal \
+  python bench_quality.py --epochs 30 --seeds S --only diag/normal diag+analytic/normal \
       tril/normal iaf/normal --peers IndependentNormal --json results/quality_seedS.json
 
-  diag -109.94 (sd 0.57); diag+path -109.08 (0.45), dLL +0.69 +1.48 +0.43; tril -108.95
-  (0.44), dLL +0.39 +1.99 +0.60; iaf -108.58 (0.23), dLL +0.75 +2.15 +1.18; tfp.layers
-  IndependentNormal -109.79 (0.39). tril and iaf are ahead of diag on every seed; tril
-  against diag+path: -0.31 +0.51 +0.17.
+  diag (path-derivative KL, the default) -109.08 (sd 0.45); diag+analytic (the closed
+  form) -109.94 (0.57), dLL -0.69 -1.48 -0.43; tril -108.95 (0.44), dLL -0.31 +0.51
+  +0.17; iaf -108.58 (0.23), dLL +0.06 +0.67 +0.76; tfp.layers IndependentNormal
+  -109.79 (0.39). At 100 epochs (README, Benchmarks) tril and iaf are ahead of diag on
+  every seed. That the path-derivative gradient beat the closed form for diag too is
+  why diag uses it by default (``KL_ESTIMATOR``).
 
 The floor is exp(MIN_LOG_SCALE) (``_backend.softplus_scale``); ``tril_source`` keeps the
 source's log sigma through ``_backend.bounded_scale``.

@@ -229,6 +229,7 @@ def summarize(rows):
             "log_likelihood_se_within_seed": float(np.mean([by[n][s]["log_likelihood_se"] for s in seeds])),
             "elbo_mean": float(elbo.mean()),
             "delta_log_likelihood_mean": float(dll.mean()),
+            "delta_seeds": common,
             "delta_log_likelihood_per_seed": dll.tolist(),
             "train_seconds_median": float(np.median([by[n][s]["train_seconds"] for s in seeds])),
         })
@@ -249,10 +250,15 @@ def print_table(rows, args, num_test, total):
               f"{t['log_likelihood_sd_over_seeds']:5.2f} "
               f"{t['log_likelihood_min']:7.2f}..{t['log_likelihood_max']:7.2f} {t['elbo_mean']:8.2f} "
               f"{t['delta_log_likelihood_mean']:+18.2f} {t['train_seconds_median']:8.0f}")
-    print(f"  per seed {seeds}: LL, and dLL vs {ref} paired by seed")
     for t in table:
-        print(f"  {t['model']:34s} " + " ".join(f"{v:8.2f}" for v in t["log_likelihood_per_seed"])
-              + "   dLL " + " ".join(f"{v:+6.2f}" for v in t["delta_log_likelihood_per_seed"]))
+        if t["seeds"] != seeds:
+            print(f"  ({t['model']}/{t['prior']}: mean over seeds {t['seeds']} only)")
+    print(f"  per seed {seeds}: LL, and dLL vs {ref} paired by seed (n/a: not run on that seed)")
+    for t in table:
+        ll = dict(zip(t["seeds"], t["log_likelihood_per_seed"]))
+        dll = dict(zip(t["delta_seeds"], t["delta_log_likelihood_per_seed"]))
+        print(f"  {t['model']:34s} " + " ".join(f"{ll[s]:8.2f}" if s in ll else f"{'n/a':>8s}" for s in seeds)
+              + "   dLL " + " ".join(f"{dll[s]:+6.2f}" if s in dll else f"{'n/a':>6s}" for s in seeds))
     if any(t["model"].startswith("tfp.layers") for t in table):
         print("\nproject model against its tfp.layers counterpart, per seed (LL difference, nats):")
         peers = {t["model"]: t for t in table}
@@ -261,10 +267,14 @@ def print_table(rows, args, num_test, total):
             if kind is None or t["prior"] != "normal" or f"tfp.layers {kind}" not in peers:
                 continue
             other = peers[f"tfp.layers {kind}"]
-            diffs = [a - b for a, b in zip(t["log_likelihood_per_seed"], other["log_likelihood_per_seed"])]
+            mine = dict(zip(t["seeds"], t["log_likelihood_per_seed"]))
+            theirs = dict(zip(other["seeds"], other["log_likelihood_per_seed"]))
+            paired = [s for s in t["seeds"] if s in theirs]  # differences paired by seed
+            diffs = [mine[s] - theirs[s] for s in paired]
             ahead = all(d > 0 for d in diffs)
             speed = other["train_seconds_median"] / t["train_seconds_median"]
             print(f"  {t['model']:20s} vs {kind:24s} " + " ".join(f"{d:+.2f}" for d in diffs)
+                  + f"  (mean {np.mean(diffs):+.2f} over seeds {paired})"
                   + f"  -> {'ahead on every seed' if ahead else 'NOT ahead on every seed'}; "
                   f"peer train time / project = {speed:.2f}")
     return table

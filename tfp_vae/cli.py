@@ -28,8 +28,8 @@ _TRAIN_HELP = {
     "output_bias": "how a VAE decoder's output bias starts: zeros (Keras' start) or data-mean (the "
                    "likelihood's inverse of the training split's mean: each pixel's logit for bernoulli). "
                    "On mnist5k's MLP (bench/bench_quality.py, three seeds) data-mean raised test "
-                   "log-likelihood by 1.2-1.9 nats at 30 epochs; at 100 diag and iaf were level, diag "
-                   "with --kl path 0.5 and tril 1.2 lower",
+                   "log-likelihood by 1.2-1.9 nats at 30 epochs; at 100 iaf and diag with --kl analytic "
+                   "were level, diag 0.5 and tril 1.2 lower",
     "jit_compile": "compile the training step with XLA (default false; same result up to float rounding; export "
                    "is unaffected). On 2 CPU cores, with --steps-per-execution set to an epoch's steps, it trained "
                    "the mlp network about 1.6x faster than the default; it slowed the conv network "

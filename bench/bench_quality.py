@@ -228,7 +228,7 @@ def summarize(rows):
             "log_likelihood_per_seed": ll.tolist(),
             "log_likelihood_se_within_seed": float(np.mean([by[n][s]["log_likelihood_se"] for s in seeds])),
             "elbo_mean": float(elbo.mean()),
-            "delta_log_likelihood_mean": float(dll.mean()),
+            "delta_log_likelihood_mean": float(dll.mean()) if len(dll) else float("nan"),
             "delta_seeds": common,
             "delta_log_likelihood_per_seed": dll.tolist(),
             "train_seconds_median": float(np.median([by[n][s]["train_seconds"] for s in seeds])),
@@ -271,6 +271,9 @@ def print_table(rows, args, num_test, total):
             theirs = dict(zip(other["seeds"], other["log_likelihood_per_seed"]))
             paired = [s for s in t["seeds"] if s in theirs]  # differences paired by seed
             diffs = [mine[s] - theirs[s] for s in paired]
+            if not diffs:
+                print(f"  {t['model']:20s} vs {kind:24s} n/a: no seed in common")
+                continue
             ahead = all(d > 0 for d in diffs)
             speed = other["train_seconds_median"] / t["train_seconds_median"]
             print(f"  {t['model']:20s} vs {kind:24s} " + " ".join(f"{d:+.2f}" for d in diffs)

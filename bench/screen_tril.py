@@ -17,9 +17,9 @@ importance-sampled log p(x) with k samples on the first test digits. A candidate
   path-<candidate>     any weightless candidate above (diag, tril, tril_0.1, ...) with the
                        path-derivative KL: kl="path" (Roeder et al., 2017; see tfp_vae.vae.VAE)
   analytic-<candidate> any weightless candidate with the closed-form KL. The screens in
-                       tfp_vae/posteriors.py ran when diag, tril and the damped_/matched_/
-                       tril_ candidates trained with it; they now default to "path", so
-                       repeat those rows with this prefix (analytic-diag, ...)
+                       tfp_vae/posteriors.py ran when diag, tril and the tril_<c> and soft*
+                       candidates trained with it; they now default to "path", so repeat
+                       those rows with this prefix (analytic-diag, ...)
 
 The library's families (diag, tril, tril_source) are screened under their own names.
 
@@ -151,16 +151,29 @@ def _iaf(spec):
     return cls
 
 
-def _path(name):
-    """The weightless candidate ``name`` with the path-derivative KL estimator."""
+def _subclassable(prefix, name, allow_flows):
+    """candidate(name) as a class to subclass; flows (layers) only where ``allow_flows``."""
     family = candidate(name)
+    if isinstance(family, keras.layers.Layer):  # registered flows are instances
+        family = type(family)
+    is_flow = issubclass(family, keras.layers.Layer)
+    if is_flow and not allow_flows:
+        raise SystemExit(f"{prefix}{name}: the {prefix[:-1]} prefix takes a weightless candidate "
+                         f"(a flow has no closed-form KL), e.g. {prefix}diag or {prefix}tril_0.01")
+    return family
+
+
+def _path(name):
+    """The candidate ``name`` (a weightless family or an iaf_<T>x<H> flow class) with the
+    path-derivative KL estimator."""
+    family = _subclassable("path-", name, allow_flows=True)
     return type(f"Path{family.__name__}", (family,),
                 {"name": f"path-{name}", "KL_ESTIMATOR": "path"})
 
 
 def _analytic(name):
     """The weightless candidate ``name`` with the closed-form KL (no estimator of its own)."""
-    family = candidate(name)
+    family = _subclassable("analytic-", name, allow_flows=False)
     return type(f"Analytic{family.__name__}", (family,),
                 {"name": f"analytic-{name}", "KL_ESTIMATOR": None})
 

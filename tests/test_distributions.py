@@ -200,7 +200,7 @@ def test_vamp_prior_is_the_uniform_mixture_of_pseudo_input_posteriors():
     np.testing.assert_allclose(p.log_prob(z).numpy(), hand, rtol=1e-5)
     # no closed form against a mixture: diag trains with the path-derivative estimator and
     # the ELBO's KL value is sampled
-    assert model.kl_method == "path" and model._value_kl_method == "sampled"
+    assert model.kl_method == "path" and model.elbo_kl_method == "sampled"
 
 
 @pytest.mark.parametrize("bad,message", [

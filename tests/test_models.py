@@ -153,14 +153,25 @@ def _hand_kl_to_standard_normal(model, x):
 def test_elbo_uses_the_closed_form_kl_when_registered(trained_vae, digits):
     _, x_test, _ = digits
     assert trained_vae.kl_method == "path"  # diag trains with the path-derivative estimator
+    assert trained_vae.elbo_kl_method == "analytic"
     seed = tf.constant([3, 4])
-    terms = trained_vae._terms(tf.constant(x_test), seed, num_samples=1)
+    terms = trained_vae._terms(tf.constant(x_test), seed, training=True, num_samples=1)
     hand = _hand_kl_to_standard_normal(trained_vae, x_test)
     # elbo() reports the closed form, with the reconstruction term from the same z.
     elbo = trained_vae.elbo(x_test, seed=seed).numpy()
     np.testing.assert_allclose(elbo, -(terms["reconstruction"].numpy() + hand), rtol=1e-4, atol=1e-3)
     # while the training term's value is the one-sample estimate at that z
     assert np.abs(terms["kl"].numpy() - hand).mean() > 0.1
+    # validation (training=False) takes no gradient and uses the closed form too
+    evaluated = trained_vae._terms(tf.constant(x_test), seed, training=False, num_samples=1)
+    np.testing.assert_allclose(evaluated["kl"].numpy(), hand, rtol=1e-4)
+
+
+def test_elbo_samples_the_kl_where_no_closed_form_exists():
+    for kwargs in (dict(kl="sampled"), dict(prior="mog"), dict(posterior="iaf")):
+        model = make_vae(**kwargs)
+        expected = "analytic" if kwargs == dict(kl="sampled") else "sampled"
+        assert model.elbo_kl_method == expected, kwargs
 
 
 def test_kl_analytic_trains_with_the_closed_form(digits):
@@ -241,6 +252,7 @@ def test_save_and_load_give_identical_outputs(tmp_path, digits, kwargs):
     np.testing.assert_array_equal(loaded.sample(4, seed=1).numpy(), model.sample(4, seed=1).numpy())
     np.testing.assert_allclose(loaded.elbo(x_test, seed=5).numpy(), model.elbo(x_test, seed=5).numpy(),
                                rtol=1e-5)
+    assert (loaded.kl_method, loaded.elbo_kl_method) == (model.kl_method, model.elbo_kl_method)
     np.testing.assert_array_equal(loaded.prior().log_prob(tf.zeros([1, 2])).numpy(),
                                   model.prior().log_prob(tf.zeros([1, 2])).numpy())
 
@@ -408,11 +420,15 @@ def test_path_kl_has_the_sampled_value_and_no_gradient_noise_at_the_optimum(post
 
 
 def test_a_family_can_name_its_kl_estimator(monkeypatch):
-    family = type("PathDiag", (tfp_vae.posteriors.DiagonalGaussian,),
-                  {"name": "pathdiag_test", "KL_ESTIMATOR": "path"})
+    family = type("PathTrilSource", (tfp_vae.posteriors.FullCovarianceGaussian,),
+                  {"name": "pathtrilsource_test", "KL_ESTIMATOR": "path"})
     monkeypatch.setitem(tfp_vae.posteriors._FAMILIES, family.name, family)
     assert make_vae(posterior=family.name).kl_method == "path"
     assert make_vae(posterior=family.name, kl="analytic").kl_method == "analytic"
+    sampled = type("SampledDiag", (tfp_vae.posteriors.DiagonalGaussian,),
+                   {"name": "sampleddiag_test", "KL_ESTIMATOR": "sampled"})
+    monkeypatch.setitem(tfp_vae.posteriors._FAMILIES, sampled.name, sampled)
+    assert make_vae(posterior=sampled.name).kl_method == "sampled"
     assert make_vae(posterior="diag").kl_method == "path"
     assert make_vae(posterior="tril_source").kl_method == "analytic"
 

@@ -42,7 +42,7 @@ class TrainConfig:
     gaussian_scale: str = "fixed"  # fixed | global | pixel
     beta: float = 1.0
     kl_warmup_epochs: int = 0
-    kl: str = "auto"  # how the KL term is computed: auto | analytic | sampled | path
+    kl: str = "auto"  # how the KL term is trained: auto | analytic | sampled | path
     objective: str = "elbo"
     num_train_samples: int = 1
     # autoencoder variants

@@ -6,8 +6,8 @@ distribution with event shape [latent_dim]. ``posterior_fn`` maps inputs to the
 posterior q(z|x); only the VampPrior uses it.
 
 Whether KL(q || p) has a closed form is not a property a prior declares: the model
-asks ``tfd.kl_divergence`` (``VAE.kl_method``) and samples the KL where no closed
-form is registered (mixtures).
+asks ``tfd.kl_divergence`` (``VAE.elbo_kl_method``) and samples the KL's value where no
+closed form is registered (mixtures).
 """
 
 from tfp_vae._backend import bounded_scale, keras, tf, tfd

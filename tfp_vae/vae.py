@@ -70,7 +70,7 @@ class VAE(TermsModel):
       decoder: Keras model mapping z [B, D] to one number per data element [B, *S].
       latent_dim: D.
       posterior: "diag" (MultivariateNormalDiag), "tril" (MultivariateNormalTriL with a damped
-        off-diagonal, path-derivative KL), "tril_source" (the source's Algorithm 2), "iaf" (inverse
+        off-diagonal), "tril_source" (the source's Algorithm 2), "iaf" (inverse
         autoregressive flow), or a ``posteriors.InverseAutoregressiveFlow`` layer.
       prior: None (standard normal), "normal", "mog", "vamp", or a ``priors.Prior``.
       likelihood: "bernoulli", "gaussian", or a ``likelihoods.Likelihood``.
@@ -156,7 +156,7 @@ class VAE(TermsModel):
         )
         self._init_trackers(seed)
         self._kl_method = None
-        self._closed_form_kl = None
+        self._has_closed_form = None
         input_shape = known_input_shape(encoder)
         if input_shape is not None:
             self.build(input_shape)
@@ -171,7 +171,6 @@ class VAE(TermsModel):
         for layer in (self.prior_layer, self.likelihood_layer):
             if not layer.built:  # layers restored from a .keras file arrive built
                 layer.build(input_shape)
-        self._closed_form_kl = self._has_closed_form_kl()
         self._kl_method = self._resolve_kl_method()
         self.built = True
 
@@ -188,7 +187,7 @@ class VAE(TermsModel):
             )
         if kl in ("sampled", "path"):
             return kl
-        if self._closed_form_kl:
+        if self._closed_form_kl():
             return "analytic"
         if self.kl == "analytic":
             q = self.posterior_family.new(self._zero_params(), self.latent_dim)
@@ -202,20 +201,23 @@ class VAE(TermsModel):
     def _zero_params(self):
         return tf.zeros([1, self.posterior_family.params_size(self.latent_dim)])
 
-    def _has_closed_form_kl(self):
-        """Whether tfd.kl_divergence has a closed form for q(z|x) against the prior."""
-        q = self.posterior_family.new(self._zero_params(), self.latent_dim)
-        try:
-            tfd.kl_divergence(q, self.prior())
-            return True
-        except NotImplementedError:
-            return False
+    def _closed_form_kl(self):
+        """Whether tfd.kl_divergence has a closed form for q(z|x) against the prior; probed
+        once, when first needed (a family whose probe fails is not refused at build)."""
+        if self._has_closed_form is None:
+            q = self.posterior_family.new(self._zero_params(), self.latent_dim)
+            try:
+                tfd.kl_divergence(q, self.prior())
+                self._has_closed_form = True
+            except NotImplementedError:
+                self._has_closed_form = False
+        return self._has_closed_form
 
     @property
-    def _value_kl_method(self):
-        """"analytic" where a closed form is registered (training may still use "path"), else
-        "sampled": how ``elbo`` computes the KL term's value."""
-        return "analytic" if self._closed_form_kl else "sampled"
+    def elbo_kl_method(self):
+        """"analytic" where a closed form is registered, else "sampled": how ``elbo`` and
+        validation compute the KL term's value, whichever estimator trains."""
+        return "analytic" if self._closed_form_kl() else "sampled"
 
     @property
     def kl_method(self):
@@ -285,8 +287,11 @@ class VAE(TermsModel):
         return params, z, log_px_z, self.prior().log_prob(z), log_qz
 
     def _terms(self, x, seed, training=False, num_samples=None, kl_method=None):
+        """The loss terms. The KL term is computed by ``kl_method``; by default the training
+        estimator when ``training``, else ``elbo_kl_method`` (no gradient is taken: the closed
+        form, where one exists, is the same expectation without the sampling noise)."""
         num_samples = num_samples or self.num_train_samples
-        kl_method = kl_method or self._kl_method
+        kl_method = kl_method or (self._kl_method if training else self.elbo_kl_method)
         params, z, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed, training)
         if kl_method == "analytic":
             kl = tfd.kl_divergence(self.posterior_family.new(params, self.latent_dim), self.prior())
@@ -313,10 +318,10 @@ class VAE(TermsModel):
         The KL term is in closed form wherever one is registered for the (posterior, prior)
         pair, whatever ``kl_method`` trains with: "path" differs from "sampled" only in its
         gradient, and the closed form is the same expectation without the sampling noise.
-        Otherwise it is sampled from the same z as the reconstruction term.
+        Otherwise it is sampled from the same z as the reconstruction term
+        (``elbo_kl_method`` says which). Validation in ``fit`` computes it the same way.
         """
-        return self._terms(as_float(x), _as_seed(seed), num_samples=num_samples,
-                           kl_method=self._value_kl_method)["elbo"]
+        return self._terms(as_float(x), _as_seed(seed), num_samples=num_samples)["elbo"]
 
     def log_likelihood(self, x, num_samples=1000, seed=0, batch_size=100, max_rows=10000):
         """Importance-sampled log p(x) per example, Tensor [B].

@@ -47,8 +47,9 @@ _TRAIN_HELP = {
     "beta": "weight of the KL term",
     "kl_warmup_epochs": "ramp the KL weight linearly from 0 over this many epochs",
     "kl": "how the KL term is trained: auto (path for diag, tril and iaf; for tril_source, the "
-          "source's construction, the closed form, sampled against mog or vamp), analytic (closed form), sampled, or path (sampled, path-derivative "
-          "gradient). Reported ELBOs (validation, evaluate) use the closed form wherever one exists",
+          "source's construction, the closed form, sampled against mog or vamp), analytic (closed "
+          "form), sampled, or path (sampled, path-derivative gradient). Reported ELBOs "
+          "(validation, evaluate) use the closed form wherever one exists",
     "objective": "elbo, or iwae (importance-weighted bound with --num-train-samples samples)",
     "num_train_samples": "posterior samples per example in training (k of IWAE)",
     "ae_loss": "autoencoder reconstruction loss: bce or mse",

@@ -92,8 +92,8 @@ one bench/bench_quality.py process per seed, run side by side, tables in bench/r
   form) -109.94 (0.57), dLL -0.69 -1.48 -0.43; tril -108.95 (0.44), dLL -0.31 +0.51
   +0.17; iaf -108.58 (0.23), dLL +0.06 +0.67 +0.76; tfp.layers IndependentNormal
   -109.79 (0.39). At 100 epochs (README, Benchmarks) iaf is ahead of diag on every seed
-  and tril by 0.53 by the mean, on four of five seeds. That the path-derivative gradient beat the closed form for diag too is
-  why diag uses it by default (``KL_ESTIMATOR``).
+  and tril by 0.53 by the mean, on four of five seeds. That the path-derivative gradient
+  beat the closed form for diag too is why diag uses it by default (``KL_ESTIMATOR``).
 
 The floor is exp(MIN_LOG_SCALE) (``_backend.softplus_scale``); ``tril_source`` keeps the
 source's log sigma through ``_backend.bounded_scale``.

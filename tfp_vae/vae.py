@@ -286,12 +286,12 @@ class VAE(TermsModel):
         log_px_z = self.decode(z, training=training).log_prob(x)
         return params, z, log_px_z, self.prior().log_prob(z), log_qz
 
-    def _terms(self, x, seed, training=False, num_samples=None, kl_method=None):
-        """The loss terms. The KL term is computed by ``kl_method``; by default the training
-        estimator when ``training``, else ``elbo_kl_method`` (no gradient is taken: the closed
-        form, where one exists, is the same expectation without the sampling noise)."""
+    def _terms(self, x, seed, training=False, num_samples=None):
+        """The loss terms. The KL term is computed by the training estimator (``kl_method``)
+        when ``training``, else by ``elbo_kl_method``: no gradient is taken then, and the
+        closed form, where one exists, is the same expectation without the sampling noise."""
         num_samples = num_samples or self.num_train_samples
-        kl_method = kl_method or (self._kl_method if training else self.elbo_kl_method)
+        kl_method = self._kl_method if training else self.elbo_kl_method
         params, z, log_px_z, log_pz, log_qz = self._log_weights(x, num_samples, seed, training)
         if kl_method == "analytic":
             kl = tfd.kl_divergence(self.posterior_family.new(params, self.latent_dim), self.prior())
